@@ -1,0 +1,194 @@
+"""The one thin base class: optimizer groups, per-step schedules, EMA timing, logging.
+
+A method subclasses :class:`SSLMethod` and implements ``compute_loss(batch, step)``
+returning ``(loss, logs)``; if it has an EMA teacher it also implements
+``update_teacher(step)``. Everything else (what to log, when lr / weight decay change,
+when the teacher moves) lives here once, so methods stay short and comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.optim import build_optimizer, build_param_groups
+from ssl_zoo.schedules import cosine_schedule
+
+
+class SSLMethod(L.LightningModule):
+    """Shared training plumbing.
+
+    Args:
+        backbone: the student backbone (the teacher, if any, is a copy made by the method).
+        optimizer: ``adamw`` (DINO, DINOv2), ``lars`` or ``sgd`` (BYOL).
+        base_lr: learning rate per 256 images; the peak lr is base_lr * global_batch / 256
+            (linear scaling rule, Goyal et al. 2017, as in DINO and BYOL).
+        min_lr: final lr of the cosine decay.
+        warmup_epochs: linear lr warm-up length (fractions allowed).
+        weight_decay, weight_decay_end: cosine weight-decay schedule (DINO: 0.04 -> 0.4).
+        grad_clip: clip the global gradient norm to this value (0 disables).
+        freeze_last_layer_epochs: lr of the head's last layer is 0 for this long (DINO).
+        layer_decay, patch_embed_lr_mult: ViT lr multipliers (DINOv2); 1.0 disables.
+        betas, momentum: optimizer constants (AdamW betas; SGD/LARS momentum).
+    """
+
+    backbone_param_prefix = "student.backbone."
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        optimizer: str = "adamw",
+        base_lr: float = 5e-4,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 10.0,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        grad_clip: float = 3.0,
+        freeze_last_layer_epochs: float = 1.0,
+        layer_decay: float = 1.0,
+        patch_embed_lr_mult: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        _check("base_lr", base_lr > 0, base_lr, "> 0")
+        _check("min_lr", min_lr >= 0, min_lr, ">= 0")
+        _check("warmup_epochs", warmup_epochs >= 0, warmup_epochs, ">= 0")
+        _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
+        _check("weight_decay_end", weight_decay_end >= 0, weight_decay_end, ">= 0")
+        _check("grad_clip", grad_clip >= 0, grad_clip, ">= 0 (0 disables clipping)")
+        _check("freeze_last_layer_epochs", freeze_last_layer_epochs >= 0, freeze_last_layer_epochs, ">= 0")
+        _check("layer_decay", 0 < layer_decay <= 1, layer_decay, "in (0, 1]")
+        _check("patch_embed_lr_mult", patch_embed_lr_mult >= 0, patch_embed_lr_mult, ">= 0")
+        self.optimizer_name = optimizer
+        self.base_lr = base_lr
+        self.min_lr = min_lr
+        self.warmup_epochs = warmup_epochs
+        self.weight_decay = weight_decay
+        self.weight_decay_end = weight_decay_end
+        self.grad_clip = grad_clip
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.layer_decay = layer_decay
+        self.patch_embed_lr_mult = patch_embed_lr_mult
+        self.betas = tuple(betas)
+        self.momentum = momentum
+        self.teacher: nn.Module | None = None
+        # Set by `setup_schedules` once the trainer knows the data and the devices.
+        self.total_steps = 1
+        self.steps_per_epoch = 1
+        self.peak_lr = base_lr
+        self._last_teacher_step = 0
+
+    # --- what a method provides -------------------------------------------------------
+
+    def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def update_teacher(self, step: int) -> None:
+        """Called once after every real optimizer step (never on accumulation steps)."""
+
+    def check_views(self, n_global: int, n_local: int) -> None:
+        """Raise ValueError if the augmentation's crop counts don't suit the method."""
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        """The backbone whose CLS features the kNN evaluation reads."""
+        return self.student["backbone"]
+
+    # --- schedules ------------------------------------------------------------------------
+
+    def setup_schedules(self, total_steps: int, steps_per_epoch: int, global_batch_size: int) -> None:
+        self.total_steps = max(int(total_steps), 1)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.peak_lr = self.base_lr * global_batch_size / 256
+        self.warmup_steps = min(self.epochs_to_steps(self.warmup_epochs), self.total_steps)
+        self.freeze_last_layer_steps = min(self.epochs_to_steps(self.freeze_last_layer_epochs), self.total_steps)
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        return int(math.ceil(epochs * self.steps_per_epoch))
+
+    def lr_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.peak_lr, self.min_lr, warmup_steps=self.warmup_steps)
+
+    def wd_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
+
+    def on_train_start(self) -> None:
+        trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches
+        per_device = getattr(trainer.datamodule, "batch_size", None)
+        if per_device is None:
+            raise RuntimeError("the datamodule must expose batch_size (per device)")
+        self.setup_schedules(
+            total_steps=trainer.estimated_stepping_batches,
+            steps_per_epoch=math.ceil(trainer.num_training_batches / accumulate),
+            global_batch_size=per_device * trainer.world_size * accumulate,
+        )
+        self._last_teacher_step = trainer.global_step
+
+    # --- Lightning hooks --------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        num_layers = len(getattr(self.student["backbone"].model, "blocks", []))
+        groups = build_param_groups(
+            self.named_parameters(),
+            layer_decay=self.layer_decay,
+            num_layers=num_layers,
+            patch_embed_lr_mult=self.patch_embed_lr_mult,
+            backbone_prefix=self.backbone_param_prefix,
+        )
+        extra = {"betas": self.betas} if self.optimizer_name.lower() == "adamw" else {"momentum": self.momentum}
+        return build_optimizer(self.optimizer_name, groups, lr=self.base_lr, **extra)
+
+    def _apply_schedules(self, step: int) -> tuple[float, float]:
+        lr, wd = self.lr_at(step), self.wd_at(step)
+        frozen = step < self.freeze_last_layer_steps
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = 0.0 if (group["is_last_layer"] and frozen) else lr * group["lr_multiplier"]
+            group["weight_decay"] = wd * group["wd_multiplier"]
+        return lr, wd
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        step = self.trainer.global_step
+        lr, wd = self._apply_schedules(step)
+        loss, logs = self.compute_loss(batch, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"train/loss is {loss.item()} at step {step}: lower method.base_lr, raise "
+                "method.warmup_epochs or use trainer.precision=32-true"
+            )
+        batch_size = batch["global_crops"].shape[0]
+        metrics = {"train/loss": loss.detach(), "train/lr": lr, "train/wd": wd}
+        metrics.update({f"train/{k}": v for k, v in logs.items()})
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step counts real optimizer steps: under gradient accumulation it only
+        # moves every N batches, and that is when the teacher may follow.
+        step = self.trainer.global_step
+        if step > self._last_teacher_step:
+            self._last_teacher_step = step
+            self.update_teacher(step - 1)
+
+    def train(self, mode: bool = True) -> SSLMethod:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        return self
+
+
+def _check(key: str, ok: bool, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"method.{key} must be {expected}, got {value}")

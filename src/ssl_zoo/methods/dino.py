@@ -1,0 +1,114 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021, arXiv:2104.14294).
+
+The student (backbone + DINO head) sees 2 global and N local crops; the EMA teacher sees
+the 2 global crops. Teacher outputs are centred and sharpened (softmax centering with an
+EMA center, or Sinkhorn-Knopp), and the student matches them with a cross-entropy over
+every (teacher view, other student view) pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_zoo.losses import build_teacher_targets, dino_loss
+from ssl_zoo.methods.base import SSLMethod, _check
+from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.models.ema import ema_update, make_teacher
+from ssl_zoo.models.heads import DINOHead
+from ssl_zoo.schedules import cosine_schedule, linear_warmup
+
+
+class DINO(SSLMethod):
+    """Defaults are the DINO ViT-S/16 reference values (main_dino.py) unless noted.
+
+    Args:
+        out_dim: prototypes K (paper 65536; 4096 is plenty for small data).
+        hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer: DINO head.
+        student_temp: 0.1.
+        teacher_temp: final teacher temperature (0.04; 0.07 for longer runs).
+        warmup_teacher_temp, warmup_teacher_temp_epochs: linear warm-up of the teacher
+            temperature from this value over this many epochs (0.04 over 30 in the paper).
+        teacher_targets: ``centering`` (the paper) or ``sinkhorn_knopp``.
+        center_momentum: EMA of the center (0.9).
+        momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine (0.996).
+        **optim: see :class:`SSLMethod`.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        out_dim: int = 4096,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        head_use_bn: bool = False,
+        norm_last_layer: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 0.0,
+        teacher_targets: str = "centering",
+        center_momentum: float = 0.9,
+        momentum_teacher: float = 0.996,
+        **optim: Any,
+    ) -> None:
+        super().__init__(backbone, **optim)
+        _check("student_temp", student_temp > 0, student_temp, "> 0")
+        _check("teacher_temp", teacher_temp > 0, teacher_temp, "> 0")
+        _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
+        _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
+        _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
+        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.momentum_teacher = momentum_teacher
+        head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
+        self.student = nn.ModuleDict({"backbone": backbone, "head": head})
+        self.teacher = make_teacher(self.student)
+        self.targets = build_teacher_targets(teacher_targets, out_dim, center_momentum=center_momentum)
+
+    def check_views(self, n_global: int, n_local: int) -> None:
+        if n_global != 2:
+            raise ValueError(f"augmentation.n_global must be 2 for DINO (the teacher sees the 2 global crops), got {n_global}")
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        return self.teacher["backbone"]  # DINO reports the teacher (Caron et al. 2021, sec. 3.1)
+
+    def teacher_temp_at(self, step: int) -> float:
+        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
+        return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
+
+    def momentum_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
+
+    def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        global_crops, local_crops = batch["global_crops"], batch["local_crops"]
+        teacher_temp = self.teacher_temp_at(step)
+        with torch.no_grad():
+            teacher_logits = self.teacher["head"](self.teacher["backbone"](global_crops)["cls"])
+            teacher_probs = self.targets.targets(teacher_logits, teacher_temp)
+        # The backbone runs once per resolution; the head once over every crop.
+        features = [self.student["backbone"](global_crops)["cls"]]
+        if local_crops is not None:
+            features.append(self.student["backbone"](local_crops)["cls"])
+        student_logits = self.student["head"](torch.cat(features))
+        n_images = global_crops.shape[0] // 2
+        loss = dino_loss(
+            student_logits,
+            teacher_probs,
+            n_student_views=student_logits.shape[0] // n_images,
+            n_teacher_views=2,
+            student_temp=self.student_temp,
+        )
+        self.targets.update(teacher_logits)
+        logs = {"dino_loss": loss.detach(), "teacher_temp": teacher_temp, "teacher_momentum": self.momentum_at(step)}
+        return loss, logs
+
+    def update_teacher(self, step: int) -> None:
+        ema_update(self.teacher, self.student, self.momentum_at(step))

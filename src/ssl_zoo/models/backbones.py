@@ -1,0 +1,108 @@
+"""timm backbones behind one small interface (wrapped, never forked).
+
+`Backbone(x, masks=None)` returns a dict with
+- ``cls``: (B, D) the image feature (ViT: class token after the final norm, or timm's
+  pooling when the model has none; CNN: globally pooled features);
+- ``patch``: (B, N, D) patch tokens for ViTs, ``None`` for CNNs.
+
+ViTs are created with ``dynamic_img_size=True`` so that global and local crops of
+different resolutions pass through the same weights (position embeddings interpolated).
+iBOT/DINOv2 masking is a forward hook on the ViT's patch embedding that swaps masked
+patch embeddings for a learnable mask token: the timm forward stays untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """A timm model without its classifier.
+
+    Args:
+        model_name: any timm model name, e.g. ``resnet10t``, ``vit_small_patch16_224``.
+        small_image_stem: for ResNets on ~32 px images: stride 1 in the first stem conv
+            and no max-pool (as CIFAR ResNets do), so the last stage keeps a 4x4 map
+            instead of collapsing to 1x1. Ignored for models without a ResNet stem.
+        **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``,
+            ``patch_size``, ``depth``, ``drop_path_rate``, ``init_values`` for layer
+            scale, ``dynamic_img_size``).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        small_image_stem: bool = False,
+        **model_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        try:
+            self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **model_kwargs)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(
+                f"backbone: timm could not create '{model_name}' with {model_kwargs}: {err}"
+            ) from err
+        self.embed_dim: int = self.model.num_features
+        self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
+        patch_embed = getattr(self.model, "patch_embed", None)
+        self.patch_size: int | None = None
+        if patch_embed is not None:
+            size = patch_embed.patch_size
+            self.patch_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        if small_image_stem:
+            _make_small_image_stem(self.model, model_name)
+        self.mask_token: nn.Parameter | None = None
+        self._masks: torch.Tensor | None = None
+
+    def enable_mask_token(self, method: str) -> None:
+        """Add a learnable mask token for masked image modelling (iBOT, DINOv2)."""
+        if not self.has_patch_tokens:
+            raise ValueError(
+                f"method={method} masks patch tokens, but backbone={self.model_name} has none "
+                "(a CNN): choose a ViT backbone, e.g. backbone=vit_tiny or backbone=vit_small"
+            )
+        if self.mask_token is None:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+            self.model.patch_embed.register_forward_hook(self._apply_mask_token)
+
+    @property
+    def has_patch_tokens(self) -> bool:
+        return self.patch_size is not None and hasattr(self.model, "blocks")
+
+    def _apply_mask_token(self, module: nn.Module, inputs: Any, tokens: torch.Tensor) -> torch.Tensor:
+        masks = self._masks
+        if masks is None:
+            return tokens
+        # tokens are (B, N, D), or (B, H, W, D) when timm keeps the grid for dynamic sizes.
+        masks = masks.reshape(*tokens.shape[:-1], 1)
+        return torch.where(masks, self.mask_token.to(tokens.dtype).expand_as(tokens), tokens)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        """Args: images (B, 3, H, W); masks (B, N) bool, True = replace that patch."""
+        if masks is not None and self.mask_token is None:
+            raise ValueError("masks given but enable_mask_token() was never called on this backbone")
+        self._masks = masks
+        try:
+            tokens = self.model.forward_features(images)
+        finally:
+            self._masks = None
+        cls = self.model.forward_head(tokens, pre_logits=True)
+        patch = tokens[:, self.num_prefix_tokens :] if self.has_patch_tokens else None
+        return {"cls": cls, "patch": patch}
+
+
+def _make_small_image_stem(model: nn.Module, model_name: str) -> None:
+    conv1 = getattr(model, "conv1", None)
+    first_conv = conv1[0] if isinstance(conv1, nn.Sequential) else conv1
+    if not isinstance(first_conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ValueError(
+            f"backbone.small_image_stem=true needs a ResNet-style stem (conv1 + maxpool); "
+            f"'{model_name}' has none: set backbone.small_image_stem=false."
+        )
+    first_conv.stride = (1, 1)
+    model.maxpool = nn.Identity()

@@ -1,0 +1,86 @@
+"""Optimizer parameter groups.
+
+Every group carries multipliers that the per-step schedules apply
+(lr = lr_schedule(step) * lr_multiplier, weight decay = wd_schedule(step) * wd_multiplier):
+- no weight decay on biases, norms, layer-scale gammas and other 1-d tensors (DINO,
+  following the common practice since Goyal et al. 2017);
+- layer-wise lr decay for ViT blocks (DINOv2 ``layerwise_decay``; BEiT, Bao et al. 2021):
+  block i of L gets decay ** (L + 1 - (i + 1)), embeddings decay ** (L + 1);
+- an lr multiplier for the patch embedding (DINOv2 ``patch_embed_lr_mult`` 0.2);
+- the head's last layer flagged so it can be frozen for the first steps (DINO).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+_EMBEDDING_NAMES = ("pos_embed", "patch_embed", "cls_token", "reg_token", "mask_token", "register_tokens")
+_BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def vit_layer_id(name: str, num_layers: int) -> int:
+    """0 for embeddings, i + 1 for block i, num_layers + 1 for anything after the blocks."""
+    if any(key in name for key in _EMBEDDING_NAMES):
+        return 0
+    match = _BLOCK_RE.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    return num_layers + 1
+
+
+def build_param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    layer_decay: float = 1.0,
+    num_layers: int = 0,
+    patch_embed_lr_mult: float = 1.0,
+    backbone_prefix: str = "backbone.",
+) -> list[dict]:
+    """Group trainable parameters by (lr multiplier, wd multiplier, is_last_layer).
+
+    ``layer_decay`` and ``patch_embed_lr_mult`` apply to names starting with
+    ``backbone_prefix`` only; heads keep multiplier 1.
+    """
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if patch_embed_lr_mult < 0:
+        raise ValueError(f"patch_embed_lr_mult must be >= 0, got {patch_embed_lr_mult}")
+    groups: dict[tuple[float, float, bool], dict] = {}
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        lr_mult = 1.0
+        if name.startswith(backbone_prefix):
+            if layer_decay < 1.0:
+                lr_mult *= layer_decay ** (num_layers + 1 - vit_layer_id(name, num_layers))
+            if "patch_embed" in name:
+                lr_mult *= patch_embed_lr_mult
+        no_decay = param.ndim < 2 or name.endswith(".bias") or "norm" in name or "gamma" in name
+        wd_mult = 0.0 if no_decay else 1.0
+        is_last_layer = "last_layer" in name
+        key = (lr_mult, wd_mult, is_last_layer)
+        group = groups.setdefault(
+            key,
+            {"params": [], "names": [], "lr_multiplier": lr_mult, "wd_multiplier": wd_mult, "is_last_layer": is_last_layer},
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(name: str, param_groups: list[dict], lr: float, **kwargs) -> torch.optim.Optimizer:
+    """AdamW, SGD or LARS (timm.optim.Lars) over the groups; lr/wd are set each step."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups]
+    name = name.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, **kwargs)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, weight_decay=0.0, momentum=kwargs.pop("momentum", 0.9), **kwargs)
+    if name == "lars":
+        from timm.optim import Lars
+
+        return Lars(groups, lr=lr, weight_decay=0.0, momentum=kwargs.pop("momentum", 0.9), **kwargs)
+    raise ValueError(f"method.optimizer.name must be one of adamw, sgd, lars; got '{name}'")

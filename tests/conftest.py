@@ -1,0 +1,68 @@
+"""Shared helpers: compose the real Hydra config, run the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from ssl_zoo.cli import CONFIG_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SSL_ZOO_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+# Small and quick everywhere: a few hundred 32 px shapes, no workers, CSV logs.
+TINY_DATA = [
+    "data.train_set.num_images=256",
+    "data.knn_val_set.num_images=128",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "logger=csv",
+]
+TINY_VIT = ["backbone=vit_tiny", "backbone.depth=2", "backbone.embed_dim=64", "backbone.num_heads=2"]
+TINY_HEAD = ["method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64"]
+
+
+def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The config `ssl-zoo train <overrides>` would run with, run dir set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(overrides: list[str]) -> DictConfig:
+        return compose_config(overrides, tmp_path)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_cli(args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `ssl-zoo ...` as a user would (fresh process)."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ssl_zoo.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=full_env,
+    )
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from ssl_zoo.models.backbones import Backbone
+
+
+def tiny_vit(**kwargs):
+    return Backbone(
+        "vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, embed_dim=32, num_heads=2,
+        dynamic_img_size=True, **kwargs,
+    )
+
+
+def test_vit_gives_cls_and_patch_tokens_at_any_crop_size():
+    backbone = tiny_vit()
+    out = backbone(torch.randn(3, 3, 32, 32))
+    assert out["cls"].shape == (3, 32)
+    assert out["patch"].shape == (3, 64, 32)
+    local = backbone(torch.randn(3, 3, 16, 16))  # local crop: 4x4 tokens
+    assert local["patch"].shape == (3, 16, 32)
+    assert backbone.patch_size == 4 and backbone.has_patch_tokens
+
+
+def test_cnn_has_no_patch_tokens_and_small_stem_keeps_resolution():
+    plain = Backbone("resnet10t")
+    small = Backbone("resnet10t", small_image_stem=True)
+    x = torch.randn(2, 3, 32, 32)
+    assert plain(x)["patch"] is None and plain(x)["cls"].shape == (2, 512)
+    assert not plain.has_patch_tokens
+    maps = {}
+    for name, model in (("plain", plain), ("small", small)):
+        maps[name] = model.model.forward_features(x).shape[-1]
+    assert maps == {"plain": 1, "small": 4}
+
+
+def test_mask_token_replaces_exactly_the_masked_patches():
+    torch.manual_seed(0)
+    backbone = tiny_vit()
+    backbone.enable_mask_token("dinov2")
+    torch.nn.init.normal_(backbone.mask_token, std=1.0)
+    seen = {}
+    backbone.model.patch_embed.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
+    x = torch.randn(2, 3, 32, 32)
+    masks = torch.zeros(2, 64, dtype=torch.bool)
+    masks[0, :10] = True
+    backbone.eval()
+    backbone(x, masks=masks)
+    tokens = seen["tokens"].reshape(2, 64, -1)
+    clean = backbone.model.patch_embed(x).reshape(2, 64, -1)  # no masks set: untouched
+    assert torch.allclose(tokens[0, :10], backbone.mask_token[0].expand(10, -1))
+    assert torch.allclose(tokens[0, 10:], clean[0, 10:])
+    assert torch.allclose(tokens[1], clean[1])
+    # The mask token receives gradient only through masked positions.
+    backbone(x, masks=masks)["patch"].sum().backward()
+    assert backbone.mask_token.grad is not None and backbone.mask_token.grad.abs().sum() > 0
+
+
+def test_mask_token_on_a_cnn_names_backbone_and_method():
+    with pytest.raises(ValueError, match=r"method=dinov2.*backbone=resnet10t"):
+        Backbone("resnet10t").enable_mask_token("dinov2")
+
+
+def test_unknown_timm_model_is_a_clear_error():
+    with pytest.raises(Exception, match="not_a_model"):
+        Backbone("not_a_model")
