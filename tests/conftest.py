@@ -27,7 +27,7 @@ TINY_DATA = [
     "data.num_workers=0",
     "logger=csv",
 ]
-TINY_VIT = ["backbone=vit_tiny", "backbone.depth=2", "backbone.embed_dim=64", "backbone.num_heads=2"]
+TINY_VIT = ["backbone=vit_tiny", "backbone.depth=2", "+backbone.embed_dim=64", "+backbone.num_heads=2"]
 TINY_HEAD = ["method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64"]
 
 

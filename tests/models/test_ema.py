@@ -5,15 +5,16 @@ from torch import nn
 from ssl_zoo.models.ema import ema_update, make_teacher
 
 
-def test_teacher_is_frozen_eval_copy():
+def test_teacher_is_frozen_eval_copy_with_batch_statistics():
     student = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
     teacher = make_teacher(student)
-    assert not teacher.training
+    assert not teacher.training and not teacher[2].training  # no dropout
+    assert teacher[1].training  # BatchNorm normalises with the batch, as the references do
     assert all(not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters()))
 
 
-def test_ema_math_and_buffers_copied():
+def test_ema_math_leaves_buffers_alone():
     student = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     teacher = make_teacher(student)
     before = [p.clone() for p in teacher.parameters()]
@@ -24,7 +25,7 @@ def test_ema_math_and_buffers_copied():
     ema_update(teacher, student, momentum=0.9)
     for t, b, s in zip(teacher.parameters(), before, student.parameters()):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
-    assert torch.equal(teacher[1].running_mean, torch.full((2,), 5.0))
+    assert torch.equal(teacher[1].running_mean, torch.zeros(2))
     ema_update(teacher, student, momentum=1.0)  # momentum 1: nothing moves
     ema_update(teacher, student, momentum=0.0)  # momentum 0: copy
     for t, s in zip(teacher.parameters(), student.parameters()):

@@ -46,8 +46,8 @@ class KNNEvaluator(L.Callback):
     @torch.no_grad()
     def _features(self, pl_module: L.LightningModule, loader) -> tuple[torch.Tensor, torch.Tensor]:
         backbone = pl_module.eval_backbone
-        was_training = backbone.training
-        backbone.eval()
+        was_training = pl_module.training
+        pl_module.eval()  # every module, the teacher's BatchNorm included: running statistics
         feats, labels = [], []
         device = pl_module.device
         # Same numerics as training (e.g. bf16 autocast) via the trainer's precision plugin.
@@ -55,7 +55,7 @@ class KNNEvaluator(L.Callback):
             for images, targets in loader:
                 feats.append(backbone(images.to(device))["cls"].float())
                 labels.append(torch.as_tensor(targets).to(device))
-        backbone.train(was_training)
+        pl_module.train(was_training)
         return distributed.all_gather_cat(torch.cat(feats)), distributed.all_gather_cat(torch.cat(labels))
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:

@@ -39,6 +39,7 @@ SHAPE_NAMES = (
 
 _SUPERSAMPLE = 2  # the shape mask is rendered at 2x and averaged: mild antialiasing
 _CHUNK = 1024  # images rendered at once (bounds the float32 work arrays to ~100 MB)
+_BG_CONTRAST = 0.2  # max per-channel difference between the two background colours
 _MIN_FG_BG_DISTANCE = 0.45  # Euclidean RGB distance in [0, 1] between shape and background
 
 
@@ -242,7 +243,10 @@ def _render(labels: np.ndarray, names: list[str], size: int, rng: np.random.Gene
 
     kind = rng.integers(0, len(_BACKGROUNDS), size=n)
     pattern = _background_pattern(kind, rng, size)
-    bg1, bg2 = rng.uniform(0, 1, size=(2, n, 3)).astype(np.float32)
+    # Low-contrast texture: strong stripes or checkers would be a shortcut that two crops of
+    # one image share (self-supervision would learn the background, not the shape).
+    bg1 = rng.uniform(0, 1, size=(n, 3)).astype(np.float32)
+    bg2 = np.clip(bg1 + rng.uniform(-_BG_CONTRAST, _BG_CONTRAST, size=(n, 3)), 0, 1).astype(np.float32)
     fg = _contrasting_colours(rng, bg1, bg2).astype(np.float32)
     p = pattern[:, None]
     bg = bg1[:, :, None, None] * (1 - p) + bg2[:, :, None, None] * p

@@ -1,8 +1,6 @@
 """Multi-crop augmentation (DINO, DINOv2, BYOL) and the evaluation transform.
 
-Everything runs on uint8 (3, H, W) tensors with torchvision.transforms.v2: a PIL image is
-converted once at the start, and the crop is converted to float and normalised once at
-the end. The randomness comes from torch's global generator, which the DataLoader seeds
+The randomness comes from torch's global generator, which the DataLoader seeds
 differently in every worker.
 
 Recipes (the defaults of MultiCropTransform are DINO's):
@@ -16,22 +14,52 @@ Recipes (the defaults of MultiCropTransform are DINO's):
 - BYOL: n_local=0, global_scale=(0.08, 1.0); everything else as above.
 - DINOv2 (Oquab et al. 2023): global_scale=(0.32, 1.0), local_scale=(0.05, 0.32),
   local_size=98; everything else as above.
+
+How it is fast (the distribution is torchvision's, op by op):
+
+1. Decode small when nothing is lost: ``MultiCropTransform.max_decode_reduction(w, h)``
+   tells the image loader (``ssl_zoo.data.images``) by how much a JPEG may be decoded
+   smaller (PIL draft mode: 1/2, 1/4, 1/8 in the DCT). A crop box of area fraction s and
+   aspect ratio r (width / height) on a W x H image has sides sqrt(s r W H) and
+   sqrt(s W H / r); over s >= s_min and r in [3/4, 4/3] its smaller side is at least
+   m = min(sqrt(s_min * 3/4 * W * H), min(W, H)) (the second term covers the centre-crop
+   fallback of RandomResizedCrop). Decoding at 1/k is harmless when every box still has
+   >= G pixels per side at 1/k, i.e. k <= m / G, for every crop kind (G, s_min). Boxes
+   are drawn in relative terms on the decoded image, so the crop statistics (scale,
+   aspect, position) stay the same. Example: DINO (224 px at s >= 0.4, 96 px at
+   s >= 0.05) on a square photo of side N allows k = 2 from N ~ 1000 px; a 500 px photo
+   is decoded in full.
+2. Crop boxes follow ``torchvision.transforms.v2.RandomResizedCrop`` (10 tries, then
+   the centre-crop fallback), with the random draws of all views made at once. Each box
+   is resized on the uint8 image (torchvision's native uint8 bicubic, antialiased).
+3. The views of one size are stacked and converted to float32 in [0, 1] once; colour
+   jitter (the four ops in random order per view, torchvision's formulas), grayscale,
+   Gaussian blur (separable: two matrix products with the reflect padding folded into a
+   band matrix; the kernel is torchvision's), solarisation and normalisation all run in
+   float on the stack. Unlike torchvision on uint8, values are not rounded to 8 bits
+   between ops (differences below 1/255 per op).
 """
 
 from __future__ import annotations
 
+import math
 import numbers
+import threading
+import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _INTERPOLATION = InterpolationMode.BICUBIC  # DINO uses bicubic crops and resizes
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (width / height)
+DECODE_REDUCTIONS = (8, 4, 2, 1)  # what a JPEG decoder can do in the DCT (PIL draft)
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 def blur_kernel_size(crop_size: int) -> int:
@@ -39,12 +67,20 @@ def blur_kernel_size(crop_size: int) -> int:
     return max(3, 2 * round((0.1 * crop_size - 1) / 2) + 1)
 
 
+def pil_rgb_to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 view of an RGB PIL image's pixels (one copy, channels-last memory,
+    which torch's uint8 resize kernels read directly). Read-only: do not write to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array"
+        return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+
+
 def to_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
     """A PIL image or a (C, H, W) uint8 tensor as a plain (3, H, W) uint8 tensor."""
     if isinstance(image, Image.Image):
         if image.mode != "RGB":
             image = image.convert("RGB")
-        return TF.pil_to_tensor(image)
+        return pil_rgb_to_tensor(image)
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a PIL.Image or a uint8 tensor, got {type(image)}")
     image = image.as_subclass(torch.Tensor)  # drop tv_tensors.Image and the like
@@ -54,6 +90,269 @@ def to_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
             f"got {image.dtype} {tuple(image.shape)}"
         )
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def min_crop_side(
+    width: int, height: int, min_scale: float, ratio: Sequence[float] = CROP_RATIO
+) -> float:
+    """Lower bound on the smaller side (pixels) of any RandomResizedCrop box on a
+    width x height image with area fraction >= min_scale (see the module docstring)."""
+    area = width * height * min_scale
+    return min(math.sqrt(area * ratio[0]), math.sqrt(area / ratio[1]), width, height)
+
+
+def max_reduction(min_side_per_size: Sequence[tuple[float, int]]) -> int:
+    """Largest k in DECODE_REDUCTIONS with min_side / k >= size for every (min_side, size)."""
+    limit = min(side / size for side, size in min_side_per_size)
+    return next((k for k in DECODE_REDUCTIONS if k <= limit), 1)
+
+
+BOX_DRAWS = 22  # random numbers per crop box: 10 tries x (scale, ratio) + (top, left)
+
+
+def crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    draws: Sequence[float],
+    ratio: Sequence[float] = CROP_RATIO,
+) -> tuple[int, int, int, int]:
+    """One box (top, left, box_height, box_width) drawn like
+    ``torchvision.transforms.v2.RandomResizedCrop`` from BOX_DRAWS uniform numbers in
+    [0, 1): up to 10 tries of an area fraction uniform in ``scale`` and an aspect ratio
+    log-uniform in ``ratio``, a position uniform over the valid ones, else the centre
+    crop clamped to the ratio range (torchvision's fallback)."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * draws[2 * attempt])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * draws[2 * attempt + 1])
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = min(int(draws[20] * (height - h + 1)), height - h)
+            left = min(int(draws[21] * (width - w + 1)), width - w)
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        h, w = height, round(height * max(ratio))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def sample_crop_boxes(
+    height: int, width: int, scale: tuple[float, float], n: int, ratio: Sequence[float] = CROP_RATIO
+) -> list[tuple[int, int, int, int]]:
+    """``n`` boxes of :func:`crop_box` from torch's generator."""
+    draws = torch.rand(n, BOX_DRAWS, dtype=torch.float64).tolist()
+    return [crop_box(height, width, scale, d, ratio) for d in draws]
+
+
+def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """(1, 3, size, size) uint8: the box of a (3, H, W) uint8 image, bicubic, antialiased
+    (torchvision's resized_crop; channels-last input takes torch's native uint8 kernel)."""
+    top, left, h, w = box
+    crop = image[:, top : top + h, left : left + w].unsqueeze(0)
+    if (h, w) == (size, size):
+        return crop
+    return torch.nn.functional.interpolate(
+        crop, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+    )
+
+
+# ------------------------------------------------------------ float ops on (N, 3, S, S)
+# Every op mirrors torchvision.transforms.v2.functional on float images in [0, 1].
+
+
+_GRAY = torch.tensor([_GRAY_WEIGHTS])
+_HUE_CENTRES = torch.tensor([3.0, 5.0, 1.0]).view(3, 1, 1)
+# Python numbers passed to tensor ops become a double tensor that is then copied to float
+# (~4 us each on small views): constants are float tensors and scalars ride on ``alpha``.
+_ZERO = torch.tensor(0.0)
+_ONE = torch.tensor(1.0)
+_TWO = torch.tensor(2.0)
+_INV_255 = torch.tensor(1.0 / 255.0)
+
+
+class Workspace:
+    """Scratch tensors for the ops on one (3, S, S) view, reused from call to call: on a
+    224 px view an op writing into warm memory is 2-3x faster than one allocating its
+    output. One per thread and crop size (see MultiCropTransform._workspace)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.planes = torch.empty(7, size, size).unbind(0)
+        self.full = torch.empty(2, 3, size, size).unbind(0)
+        self.gray = torch.empty(1, size * size)
+
+
+def _grayscale(x: torch.Tensor, ws: Workspace) -> torch.Tensor:
+    """(3, H, W) -> (1, H, W) luma with torchvision's weights, in workspace memory."""
+    return torch.mm(_GRAY, x.view(3, -1), out=ws.gray).view(1, *x.shape[1:])
+
+
+def _scale_(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return torch.add(_ZERO, x, alpha=factor, out=x)  # x * factor
+
+
+def _step_(t: torch.Tensor) -> torch.Tensor:
+    """In place: 1.0 where t >= 0, else 0.0. (Comparisons, ``where`` and ``remainder``
+    are 5-20x slower than arithmetic on CPU; differences of values in [0, 1] are 0 or
+    far above 1e-30.)"""
+    return torch.add(_ONE, t, alpha=1e30, out=t).clamp_(0.0, 1.0)
+
+
+def _brightness_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
+    _scale_(x, factor).clamp_(0.0, 1.0)
+
+
+def _contrast_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
+    r, g, b = x.mean(dim=(1, 2)).tolist()
+    mean = _GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b
+    _scale_(x, factor).add_(_ONE, alpha=mean * (1.0 - factor)).clamp_(0.0, 1.0)
+
+
+def _saturation_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
+    torch.lerp(_grayscale(x, ws).expand_as(x), x, factor, out=x).clamp_(0.0, 1.0)
+
+
+def _hue_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
+    """Rotate the HSV hue of a (3, H, W) image by ``factor`` turns, in place.
+
+    Same result as torchvision's rgb -> hsv -> rgb round trip, without building HSV:
+    with V = max, C = max - min and the hue H6 in [0, 6), channel c is
+    V - C * clamp(max(2 - d, d - 4), 0, 1) where d = |H6 - p_c| and p = (3, 5, 1) for
+    (r, g, b) (the usual k = (n + H6) mod 6 formula, n = 5, 3, 1, folded).
+    """
+    r, g, b = x
+    maxc, chroma, is_r, is_g, hue, tmp, tmp2 = ws.planes
+    torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
+    torch.minimum(torch.minimum(r, g, out=chroma), b, out=chroma)
+    torch.sub(maxc, chroma, out=chroma)
+    # The hue sector as torchvision picks it: r if it is the max, else g, else b:
+    # H6 = (g - b) / C, (b - r) / C + 2 or (r - g) / C + 4.
+    _step_(torch.sub(r, maxc, out=is_r))
+    _step_(torch.sub(g, maxc, out=is_g)).addcmul_(is_g, is_r, value=-1.0)
+    torch.sub(r, g, out=hue).add_(chroma, alpha=4.0)
+    torch.sub(g, b, out=tmp).sub_(hue)
+    torch.sub(b, r, out=tmp2).add_(chroma, alpha=2.0).sub_(hue)
+    hue.addcmul_(is_r, tmp).addcmul_(is_g, tmp2)
+    hue.div_(torch.clamp(chroma, min=1e-12, out=tmp))
+    hue.add_(_ONE, alpha=6.0 * factor + 6.0)  # H6 in [-1, 5] -> [2, 14)
+    hue.sub_(torch.add(_ZERO, hue, alpha=1.0 / 6.0, out=tmp).floor_(), alpha=6.0)  # mod 6
+    dist, other = ws.full
+    torch.sub(hue, _HUE_CENTRES, out=dist).abs_()
+    torch.sub(_TWO, dist, out=other)
+    torch.maximum(dist.sub_(_ONE, alpha=4.0), other, out=dist)
+    dist.clamp_(0.0, 1.0).mul_(chroma)
+    torch.sub(maxc, dist, out=x)
+
+
+def _solarize_(x: torch.Tensor, threshold: float, ws: Workspace) -> None:
+    """v -> 1 - v where v >= threshold (torchvision's solarize), in place."""
+    flip, other = ws.full
+    _step_(torch.sub(x, _ONE, alpha=threshold, out=flip))
+    x.addcmul_(flip, torch.add(_ONE, x, alpha=-2.0, out=other))
+
+
+_JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue_)
+
+_BAND_INDEX: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _band_index(size: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (size * size,) tap indices per band cell, direct and reflected (kernel_size
+    means none): B[i, j] = w[direct] + w[reflected] (radius < size - 1: one reflection)."""
+    key = (size, kernel_size)
+    if key not in _BAND_INDEX:
+        radius = kernel_size // 2
+        source = torch.arange(size)[:, None]  # i
+        output = torch.arange(size)[None, :]  # j
+        tap = source - output + radius  # the direct tap from i to j
+        direct = torch.where((tap >= 0) & (tap < kernel_size), tap, kernel_size)
+        # A tap t of output j reads p = j + t - radius; off the left edge (i = -p >= 1)
+        # or the right one (i = 2 (size - 1) - p <= size - 2), disjoint as radius < size - 1.
+        left = radius - source - output
+        right = 2 * (size - 1) - source - output + radius
+        reflected = torch.full((size, size), kernel_size)
+        for t, ok in ((left, source >= 1), (right, source <= size - 2)):
+            ok = ok & (t >= 0) & (t < kernel_size)
+            reflected = torch.where(ok, t, reflected)
+        _BAND_INDEX[key] = (direct.reshape(-1), reflected.reshape(-1))
+    return _BAND_INDEX[key]
+
+
+def blur_bands(size: int, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
+    """(N, size, size) band matrices B, one per sigma, such that ``row @ B`` is the 1-D
+    Gaussian blur of a row with torchvision's kernel (kernel_size taps) and its reflect
+    padding folded in: B[i, j] is the weight of source pixel i in output pixel j."""
+    radius = kernel_size // 2
+    rows = []
+    for s in sigma:
+        w = [math.exp(-0.5 * ((t - radius) / s) ** 2) for t in range(kernel_size)]
+        total = sum(w)
+        # Far taps of a narrow kernel are tiny: their products in the second pass would
+        # be denormal floats, ~10x slower on x86. Below 1e-10 a weight changes nothing.
+        rows.append([v / total if v / total >= 1e-10 else 0.0 for v in w] + [0.0])
+    weights = torch.tensor(rows)  # (N, kernel_size + 1), the last one is "no tap"
+    n = weights.shape[0]
+    if radius >= size - 1:  # reflections of reflections (tiny crops): by hand
+        band = torch.zeros(n, size, size)
+        period = max(2 * (size - 1), 1)
+        for j in range(size):
+            for t in range(kernel_size):
+                i = (j + t - radius) % period
+                i = period - i if i >= size else i
+                band[:, i, j] += weights[:, t]
+        return band
+    direct, reflected = _band_index(size, kernel_size)
+    band = weights.index_select(1, direct)
+    return band.add_(weights.index_select(1, reflected)).view(n, size, size)
+
+
+_BLUR_BLOCK = 56  # column block of the banded products (views of >= 3 blocks)
+
+
+def _blur_(x: torch.Tensor, band: torch.Tensor, radius: int, ws: Workspace) -> None:
+    """Separable blur of one (3, S, S) image in place: rows, then columns.
+
+    The band matrix is zero beyond ``radius`` of its diagonal, so large views multiply
+    only the blocks that hold it (~3x fewer flops at 224 px); small views use one
+    dense product, which is faster there.
+    """
+    size = x.shape[-1]
+    if size < 3 * _BLUR_BLOCK:
+        rows = ws.full[0]
+        torch.mm(x.view(3 * size, size), band, out=rows.view(3 * size, size))
+        torch.matmul(band.t(), rows, out=x)
+        return
+    flat = x.view(3 * size, size)
+    rows_t = ws.full[0].view(size, 3 * size)  # rows pass, transposed: (column, c * S + row)
+    blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
+    for c0, c1 in blocks:
+        i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
+        torch.mm(band[i0:i1, c0:c1].t(), flat[:, i0:i1].t(), out=rows_t[c0:c1])
+    for channel in range(3):
+        offset = channel * size
+        for c0, c1 in blocks:
+            i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
+            rows = rows_t[:, offset + i0 : offset + i1].t()
+            torch.mm(band[i0:i1, c0:c1].t(), rows, out=x[channel, c0:c1])
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
+    """Blurred copy of (N, 3, S, S) float images, one sigma per image (N,), like
+    torchvision's gaussian_blur (reflect padding, kernel_size taps)."""
+    if x.shape[-1] != x.shape[-2] or x.shape[-3] != 3:
+        raise ValueError(f"gaussian_blur expects (N, 3, S, S) images, got {tuple(x.shape)}")
+    out = x.clone()
+    ws = Workspace(x.shape[-1])
+    for view, band in zip(out, blur_bands(x.shape[-1], kernel_size, sigma), strict=True):
+        _blur_(view, band, kernel_size // 2, ws)
+    return out
 
 
 # ----------------------------------------------------------------------------- checks
@@ -155,6 +454,8 @@ class MultiCropTransform:
 
     Call on a PIL image or a (3, H, W) uint8 tensor; returns
     {"global_crops": [(3, G, G) float32] * n_global, "local_crops": [(3, L, L)] * n_local}.
+    ``global_transforms[i]`` / ``local_transform`` make one view of that kind alone.
+    ``max_decode_reduction(width, height)`` is the decode-size hint of the module docstring.
     """
 
     def __init__(
@@ -211,40 +512,130 @@ class MultiCropTransform:
         self.mean = _check_channels("mean", mean, positive=False)
         self.std = _check_channels("std", std, positive=True)
 
+        # ColorJitter's factor ranges, torchvision's: (max(0, 1 - v), 1 + v), hue (-h, h);
+        # a zero strength switches the op off.
+        b, c, s, h = self.jitter
+        self._jitter_ranges = tuple(
+            (lo, hi) if strength > 0 else None
+            for strength, (lo, hi) in (
+                (b, (max(0.0, 1 - b), 1 + b)),
+                (c, (max(0.0, 1 - c), 1 + c)),
+                (s, (max(0.0, 1 - s), 1 + s)),
+                (h, (-h, h)),
+            )
+        )
+        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        self._workspaces: dict[tuple[int, int], Workspace] = {}
+        self._inv_std = 1.0 / torch.tensor(self.std).view(1, 3, 1, 1)
         self.global_transforms = [
-            self._view(self.global_size, self.global_scale, blur_p, solarize_p)
+            _CropView(self, self.global_size, self.global_scale, blur_p, solarize_p)
             for blur_p, solarize_p in zip(self.global_blur_p, self.global_solarize_p, strict=True)
         ]
-        self.local_transform = self._view(
-            self.local_size, self.local_scale, self.local_blur_p, self.local_solarize_p
+        self.local_transform = _CropView(
+            self, self.local_size, self.local_scale, self.local_blur_p, self.local_solarize_p
         )
 
-    def _view(
-        self, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float
-    ) -> v2.Compose:
-        ops: list[v2.Transform] = [
-            v2.RandomResizedCrop(size, scale=scale, interpolation=_INTERPOLATION, antialias=True)
-        ]
-        if self.flip_p > 0:
-            ops.append(v2.RandomHorizontalFlip(self.flip_p))
-        if self.color_jitter_p > 0 and any(self.jitter):
-            ops.append(v2.RandomApply([v2.ColorJitter(*self.jitter)], p=self.color_jitter_p))
-        if self.grayscale_p > 0:
-            ops.append(v2.RandomGrayscale(self.grayscale_p))
-        if blur_p > 0:
-            blur = v2.GaussianBlur(blur_kernel_size(size), sigma=self.blur_sigma)
-            ops.append(v2.RandomApply([blur], p=blur_p))
-        if solarize_p > 0:
-            ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # uint8 threshold
-        ops.append(_to_float_normalized(self.mean, self.std))
-        return v2.Compose(ops)
+    def _workspace(self, size: int) -> Workspace:
+        key = (threading.get_ident(), size)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = self._workspaces[key] = Workspace(size)
+        return ws
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_workspaces": {}}  # scratch memory stays behind
+
+    def max_decode_reduction(self, width: int, height: int) -> int:
+        """Largest factor (8, 4, 2 or 1) by which a width x height image may be decoded
+        smaller while every crop box keeps at least its output size in pixels."""
+        kinds = [(self.global_size, self.global_scale[0])]
+        if self.n_local > 0:
+            kinds.append((self.local_size, self.local_scale[0]))
+        return max_reduction([(min_crop_side(width, height, s), size) for size, s in kinds])
 
     def __call__(self, image: Image.Image | torch.Tensor) -> dict[str, list[torch.Tensor]]:
         image = to_uint8_tensor(image)
-        return {
-            "global_crops": [t(image) for t in self.global_transforms],
-            "local_crops": [self.local_transform(image) for _ in range(self.n_local)],
-        }
+        global_crops = self.crops(
+            image, self.global_size, self.global_scale, self.global_blur_p, self.global_solarize_p
+        )
+        local_crops = []
+        if self.n_local > 0:
+            local_crops = self.crops(
+                image,
+                self.local_size,
+                self.local_scale,
+                (self.local_blur_p,) * self.n_local,
+                (self.local_solarize_p,) * self.n_local,
+            ).unbind(0)
+        return {"global_crops": list(global_crops.unbind(0)), "local_crops": list(local_crops)}
+
+    def crops(
+        self,
+        image: torch.Tensor,
+        size: int,
+        scale: tuple[float, float],
+        blur_p: Sequence[float],
+        solarize_p: Sequence[float],
+    ) -> torch.Tensor:
+        """len(blur_p) augmented, normalised (N, 3, size, size) crops of a (3, H, W) uint8
+        image; view i is blurred with probability blur_p[i], solarised with solarize_p[i]."""
+        n = len(blur_p)
+        _, height, width = image.shape
+        # One draw for all the randomness of the n views: the box, then flip, jitter,
+        # gray, blur, sigma, solarise coins, four jitter factors and four keys whose
+        # argsort is the order of the jitter ops.
+        draws = torch.rand(n, BOX_DRAWS + 14, dtype=torch.float64)
+        order = draws[:, -4:].argsort(dim=1).tolist()
+        draws = draws.tolist()
+
+        x = torch.empty(n, 3, size, size)
+        for i, d in enumerate(draws):
+            crop = resized_crop(image, crop_box(height, width, scale, d), size)[0]
+            if d[BOX_DRAWS] < self.flip_p:
+                crop = crop.flip(-1)
+            x[i].copy_(crop)  # uint8 -> float (scaled below, in one op for all views)
+        x.mul_(_INV_255)
+
+        ws = self._workspace(size)
+        for i, d in enumerate(draws):
+            coins = d[BOX_DRAWS:]
+            view = x[i]
+            if coins[1] < self.color_jitter_p:
+                for op in order[i]:
+                    bounds = self._jitter_ranges[op]
+                    if bounds is not None:
+                        lo, hi = bounds
+                        _JITTER_OPS[op](view, lo + (hi - lo) * coins[6 + op], ws)
+            if coins[2] < self.grayscale_p:
+                view.copy_(_grayscale(view, ws).expand_as(view))
+
+        blurred = [i for i in range(n) if draws[i][BOX_DRAWS + 3] < blur_p[i]]
+        if blurred:
+            lo, hi = self.blur_sigma
+            sigma = [lo + (hi - lo) * draws[i][BOX_DRAWS + 4] for i in blurred]
+            kernel = blur_kernel_size(size)
+            for i, band in zip(blurred, blur_bands(size, kernel, sigma), strict=True):
+                _blur_(x[i], band, kernel // 2, ws)
+
+        for i in range(n):
+            if draws[i][BOX_DRAWS + 5] < solarize_p[i]:
+                _solarize_(x[i], 128 / 255, ws)  # RandomSolarize(threshold=128) on uint8
+        return x.sub_(self._mean).mul_(self._inv_std)
+
+
+class _CropView:
+    """One kind of view of a MultiCropTransform (the same pipeline, one crop)."""
+
+    def __init__(self, owner: MultiCropTransform, size: int, scale, blur_p: float, solarize_p: float):
+        self.owner, self.size, self.scale = owner, size, scale
+        self.blur_p, self.solarize_p = blur_p, solarize_p
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        image = to_uint8_tensor(image)
+        return self.owner.crops(image, self.size, self.scale, (self.blur_p,), (self.solarize_p,))[0]
+
+    def __repr__(self) -> str:
+        return f"_CropView(size={self.size}, scale={self.scale}, blur_p={self.blur_p}, solarize_p={self.solarize_p})"
 
 
 class EvalTransform:
@@ -275,6 +666,10 @@ class EvalTransform:
                 _to_float_normalized(self.mean, self.std),
             ]
         )
+
+    def max_decode_reduction(self, width: int, height: int) -> int:
+        """Largest decode factor keeping the shorter side >= the resize target."""
+        return max_reduction([(min(width, height), self.resize_size)])
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         return self.transform(to_uint8_tensor(image))

@@ -129,9 +129,9 @@ class SoftmaxCentering(nn.Module):
 
         Args:
             teacher_logits: (N, K) CLS logits, or patch logits (B, N, K) / (M, K). The mean is
-                over all leading dims (for (B, N, K): over patches then images, as all images
-                have N patches), then averaged over processes (collective: every process
-                must call it).
+                over all rows of every process (for (B, N, K): over patches then images, as
+                all images have N patches); a call with no rows anywhere leaves the center
+                as it is. Collective: every process must call it.
         """
         if teacher_logits.shape[-1] != self.center.shape[-1]:
             raise ValueError(
@@ -140,7 +140,13 @@ class SoftmaxCentering(nn.Module):
             )
         with torch.autocast(device_type=teacher_logits.device.type, enabled=False):
             flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-            batch_center = distributed.all_reduce_mean(flat.mean(dim=0, keepdim=True))
+            # Sum and count, not a per-process mean: processes may hold different numbers of
+            # rows (masked patches), even none, and the center is the mean over all of them.
+            totals = torch.cat((flat.sum(dim=0), flat.new_tensor([flat.shape[0]])))
+            totals = distributed.all_reduce_sum(totals)
+            if totals[-1] == 0:
+                return
+            batch_center = (totals[:-1] / totals[-1]).unsqueeze(0)
             self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
     def extra_repr(self) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.models.ema import set_teacher_mode
 from ssl_zoo.optim import build_optimizer, build_param_groups
 from ssl_zoo.schedules import cosine_schedule
 
@@ -26,8 +27,10 @@ class SSLMethod(L.LightningModule):
     Args:
         backbone: the student backbone (the teacher, if any, is a copy made by the method).
         optimizer: ``adamw`` (DINO, DINOv2), ``lars`` or ``sgd`` (BYOL).
-        base_lr: learning rate per 256 images; the peak lr is base_lr * global_batch / 256
-            (linear scaling rule, Goyal et al. 2017, as in DINO and BYOL).
+        base_lr: learning rate before batch-size scaling (see lr_scaling).
+        lr_scaling: peak lr from the global batch: ``linear_256`` = base_lr * batch / 256
+            (Goyal et al. 2017; DINO, BYOL), ``sqrt_1024`` = base_lr * sqrt(batch / 1024)
+            (DINOv2), ``none`` = base_lr.
         min_lr: final lr of the cosine decay.
         warmup_epochs: linear lr warm-up length (fractions allowed).
         weight_decay, weight_decay_end: cosine weight-decay schedule (DINO: 0.04 -> 0.4).
@@ -44,6 +47,7 @@ class SSLMethod(L.LightningModule):
         backbone: Backbone,
         optimizer: str = "adamw",
         base_lr: float = 5e-4,
+        lr_scaling: str = "linear_256",
         min_lr: float = 1e-6,
         warmup_epochs: float = 10.0,
         weight_decay: float = 0.04,
@@ -57,6 +61,7 @@ class SSLMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         _check("base_lr", base_lr > 0, base_lr, "> 0")
+        _check("lr_scaling", lr_scaling in _LR_SCALING, lr_scaling, f"one of {sorted(_LR_SCALING)}")
         _check("min_lr", min_lr >= 0, min_lr, ">= 0")
         _check("warmup_epochs", warmup_epochs >= 0, warmup_epochs, ">= 0")
         _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
@@ -67,6 +72,7 @@ class SSLMethod(L.LightningModule):
         _check("patch_embed_lr_mult", patch_embed_lr_mult >= 0, patch_embed_lr_mult, ">= 0")
         self.optimizer_name = optimizer
         self.base_lr = base_lr
+        self.lr_scaling = lr_scaling
         self.min_lr = min_lr
         self.warmup_epochs = warmup_epochs
         self.weight_decay = weight_decay
@@ -105,7 +111,7 @@ class SSLMethod(L.LightningModule):
     def setup_schedules(self, total_steps: int, steps_per_epoch: int, global_batch_size: int) -> None:
         self.total_steps = max(int(total_steps), 1)
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
-        self.peak_lr = self.base_lr * global_batch_size / 256
+        self.peak_lr = self.base_lr * _LR_SCALING[self.lr_scaling](global_batch_size)
         self.warmup_steps = min(self.epochs_to_steps(self.warmup_epochs), self.total_steps)
         self.freeze_last_layer_steps = min(self.epochs_to_steps(self.freeze_last_layer_epochs), self.total_steps)
 
@@ -184,9 +190,17 @@ class SSLMethod(L.LightningModule):
 
     def train(self, mode: bool = True) -> SSLMethod:
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # Lightning calls .train() on the whole module each epoch
+        # Lightning calls .train() on the whole module each epoch: keep the teacher frozen.
+        if mode and self.teacher is not None:
+            set_teacher_mode(self.teacher)
         return self
+
+
+_LR_SCALING = {
+    "linear_256": lambda batch: batch / 256,
+    "sqrt_1024": lambda batch: math.sqrt(batch / 1024),
+    "none": lambda batch: 1.0,
+}
 
 
 def _check(key: str, ok: bool, value: Any, expected: str) -> None:

@@ -6,28 +6,40 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``student``, in eval mode (dropout, drop path and BatchNorm
-    batch statistics off), never touched by the optimizer."""
+    """A frozen deep copy of ``student``, never touched by the optimizer, in teacher mode
+    (see :func:`set_teacher_mode`)."""
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
-    teacher.eval()
+    set_teacher_mode(teacher)
     return teacher
+
+
+def set_teacher_mode(teacher: nn.Module) -> None:
+    """Eval mode (no dropout, no drop path), except BatchNorm, which normalises with the
+    statistics of the batch as in the reference DINO and BYOL code, where the teacher
+    forward runs in training mode. Running statistics of an EMA network would lag its
+    weights; batch statistics don't. (BatchNorm running stats still accumulate, so the
+    teacher can be evaluated in plain eval mode.)"""
+    teacher.eval()
+    for module in teacher.modules():
+        if isinstance(module, _BatchNorm):
+            module.train()
 
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student for parameters; buffers
-    (BatchNorm running statistics) are copied so the eval-mode teacher normalises with the
-    statistics the student accumulated."""
+    """teacher <- momentum * teacher + (1 - momentum) * student, over parameters.
+
+    Buffers are left alone: BatchNorm running statistics of the teacher come from its own
+    forward passes."""
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
-    t_params = [p for p in teacher.parameters()]
+    t_params = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise RuntimeError("teacher and student have different parameter lists")
     torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
-    for t_buf, s_buf in zip(teacher.buffers(), student.buffers()):
-        t_buf.copy_(s_buf)

@@ -1,0 +1,72 @@
+"""BYOL: bootstrap your own latent (Grill et al. 2020, arXiv:2006.07733).
+
+The online network (backbone -> projector -> predictor) predicts the target network's
+projection of the other view; the target (backbone -> projector) is an EMA of the online
+one. Loss: 2 - 2 cos(p, z') for both orderings of the two views (the paper's L + L~).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_zoo.losses import byol_loss
+from ssl_zoo.methods.base import SSLMethod, _check
+from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.models.ema import ema_update, make_teacher
+from ssl_zoo.models.heads import MLPHead
+from ssl_zoo.schedules import cosine_schedule
+
+
+class BYOL(SSLMethod):
+    """Args (paper values, sec. 3.3 and appendix J):
+    projector_hidden_dim, projector_out_dim: 4096, 256.
+    predictor_hidden_dim: 4096.
+    momentum_teacher: target EMA momentum at step 0, cosine to 1 (0.996).
+    **optim: see :class:`SSLMethod` (paper: LARS, base lr 0.2, weight decay 1.5e-6).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        projector_hidden_dim: int = 4096,
+        projector_out_dim: int = 256,
+        predictor_hidden_dim: int = 4096,
+        momentum_teacher: float = 0.996,
+        **optim: Any,
+    ) -> None:
+        super().__init__(backbone, **optim)
+        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
+        for key, value in (("projector_hidden_dim", projector_hidden_dim), ("projector_out_dim", projector_out_dim),
+                           ("predictor_hidden_dim", predictor_hidden_dim)):
+            _check(key, value >= 1, value, ">= 1")
+        self.momentum_teacher = momentum_teacher
+        projector = MLPHead(backbone.embed_dim, projector_hidden_dim, projector_out_dim)
+        self.student = nn.ModuleDict({"backbone": backbone, "projector": projector})
+        self.predictor = MLPHead(projector_out_dim, predictor_hidden_dim, projector_out_dim)
+        self.teacher = make_teacher(self.student)
+
+    def check_views(self, n_global: int, n_local: int) -> None:
+        if n_global != 2 or n_local != 0:
+            raise ValueError(
+                "BYOL uses exactly two views: set augmentation.transform.n_global=2 and "
+                f"augmentation.transform.n_local=0 (got {n_global} and {n_local})"
+            )
+
+    def momentum_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
+
+    def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        views = batch["global_crops"]  # (2B, C, H, W): [view 1; view 2]
+        with torch.no_grad():
+            targets = self.teacher["projector"](self.teacher["backbone"](views)["cls"])
+        predictions = self.predictor(self.student["projector"](self.student["backbone"](views)["cls"]))
+        p1, p2 = predictions.chunk(2)
+        z1, z2 = targets.chunk(2)
+        loss = byol_loss(p1, z2) + byol_loss(p2, z1)
+        return loss, {"byol_loss": loss.detach(), "teacher_momentum": self.momentum_at(step)}
+
+    def update_teacher(self, step: int) -> None:
+        ema_update(self.teacher, self.student, self.momentum_at(step))

@@ -1,0 +1,162 @@
+"""DINOv2 (Oquab et al. 2023, arXiv:2304.07193), the image + patch objective.
+
+On top of DINO's CLS self-distillation: an iBOT masked-patch loss (the student sees
+global crops with block-wise masked patches replaced by a learnable mask token; the
+teacher sees them unmasked and provides targets at the masked positions) and a KoLeo
+regulariser on the student backbone's CLS features of each global view. Teacher targets
+by softmax centering (separate centers for CLS and patches) or Sinkhorn-Knopp, the same
+strategy object for both heads. Masks and their weights arrive with the batch (collate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_zoo.losses import build_teacher_targets, dinov2_objective
+from ssl_zoo.methods.base import SSLMethod, _check
+from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.models.ema import ema_update, make_teacher
+from ssl_zoo.models.heads import DINOHead
+from ssl_zoo.schedules import cosine_schedule, linear_warmup
+
+
+class DINOv2(SSLMethod):
+    """Defaults follow dinov2/configs/ssl_default_config.yaml unless noted.
+
+    Args:
+        out_dim, ibot_out_dim: prototypes of the DINO and iBOT heads (65536 each in the
+            reference; smaller here for small data).
+        hidden_dim, bottleneck_dim, head_layers: both heads (2048, 256, 3).
+        separate_ibot_head: a second head for patches (True in the reference) or one
+            shared head for CLS and patch tokens (iBOT's original choice).
+        student_temp: 0.1. teacher_temp / warmup_teacher_temp /
+            warmup_teacher_temp_epochs: 0.07 / 0.04 / 30.
+        teacher_targets: ``sinkhorn_knopp`` (the reference's choice) or ``centering``.
+        center_momentum: 0.9; sinkhorn_iterations: 3.
+        dino_weight, ibot_weight, koleo_weight: 1.0, 1.0, 0.1.
+        momentum_teacher: 0.992 (cosine to 1).
+        **optim: see :class:`SSLMethod`; the reference uses layer_decay 0.9,
+            patch_embed_lr_mult 0.2, freeze_last_layer_epochs 1.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        out_dim: int = 4096,
+        ibot_out_dim: int = 4096,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        separate_ibot_head: bool = True,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 30.0,
+        teacher_targets: str = "sinkhorn_knopp",
+        center_momentum: float = 0.9,
+        sinkhorn_iterations: int = 3,
+        dino_weight: float = 1.0,
+        ibot_weight: float = 1.0,
+        koleo_weight: float = 0.1,
+        momentum_teacher: float = 0.992,
+        **optim: Any,
+    ) -> None:
+        super().__init__(backbone, **optim)
+        _check("student_temp", student_temp > 0, student_temp, "> 0")
+        _check("teacher_temp", teacher_temp > 0, teacher_temp, "> 0")
+        _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
+        _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
+        _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
+        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
+        _check("sinkhorn_iterations", sinkhorn_iterations >= 1, sinkhorn_iterations, ">= 1")
+        _check("dino_weight", dino_weight > 0, dino_weight, "> 0 (the CLS term is DINOv2's core)")
+        _check("ibot_weight", ibot_weight >= 0, ibot_weight, ">= 0 (0 disables the iBOT term)")
+        _check("koleo_weight", koleo_weight >= 0, koleo_weight, ">= 0 (0 disables KoLeo)")
+        if not separate_ibot_head and ibot_out_dim != out_dim:
+            raise ValueError(
+                f"method.ibot_out_dim={ibot_out_dim} differs from method.out_dim={out_dim} but "
+                "method.separate_ibot_head=false shares one head: make them equal"
+            )
+        backbone.enable_mask_token("dinov2")
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.weights = {"dino_weight": dino_weight, "ibot_weight": ibot_weight, "koleo_weight": koleo_weight}
+        self.momentum_teacher = momentum_teacher
+        modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers)}
+        if separate_ibot_head:
+            modules["ibot_head"] = DINOHead(backbone.embed_dim, ibot_out_dim, hidden_dim, bottleneck_dim, head_layers)
+        self.student = nn.ModuleDict(modules)
+        self.teacher = make_teacher(self.student)
+        kinds = {"center_momentum": center_momentum, "n_iterations": sinkhorn_iterations}
+        self.cls_targets = build_teacher_targets(teacher_targets, out_dim, **kinds)
+        self.patch_targets = build_teacher_targets(teacher_targets, ibot_out_dim, **kinds)
+
+    def check_views(self, n_global: int, n_local: int) -> None:
+        if n_global != 2:
+            raise ValueError(f"augmentation.n_global must be 2 for DINOv2, got {n_global}")
+
+    @property
+    def eval_backbone(self) -> nn.Module:
+        return self.teacher["backbone"]
+
+    def teacher_temp_at(self, step: int) -> float:
+        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
+        return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
+
+    def momentum_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
+
+    @staticmethod
+    def _heads(net: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS and masked-patch logits; one head call over both when the head is shared."""
+        if "ibot_head" in net:
+            return net["dino_head"](cls), net["ibot_head"](patches)
+        logits = net["dino_head"](torch.cat((cls, patches)))
+        return logits[: cls.shape[0]], logits[cls.shape[0] :]
+
+    def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        global_crops, local_crops = batch["global_crops"], batch["local_crops"]
+        masks = batch["masks"]  # (2B, N) bool, from the collate
+        patch_weights = batch["mask_weights"][:, None].expand_as(masks)[masks]  # (M,)
+        teacher_temp = self.teacher_temp_at(step)
+
+        with torch.no_grad():
+            teacher_out = self.teacher["backbone"](global_crops)
+            t_cls, t_patch = self._heads(self.teacher, teacher_out["cls"], teacher_out["patch"][masks])
+            t_cls_probs = self.cls_targets.targets(t_cls, teacher_temp)
+            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp)
+
+        student_global = self.student["backbone"](global_crops, masks=masks)
+        n_global_rows = global_crops.shape[0]
+        cls_features = student_global["cls"]
+        if local_crops is not None:
+            cls_features = torch.cat((cls_features, self.student["backbone"](local_crops)["cls"]))
+        s_cls, s_patch = self._heads(self.student, cls_features, student_global["patch"][masks])
+        n_images = n_global_rows // 2
+        terms = dinov2_objective(
+            s_cls[n_global_rows:] if local_crops is not None else None,
+            s_cls[:n_global_rows],
+            t_cls_probs,
+            student_global["cls"],
+            s_patch,
+            t_patch_probs,
+            patch_weights,
+            n_images=n_global_rows,
+            n_local_views=(s_cls.shape[0] - n_global_rows) // n_images,
+            student_temp=self.student_temp,
+            **self.weights,
+        )
+        self.cls_targets.update(t_cls)
+        self.patch_targets.update(t_patch)
+        logs = {f"{name}_loss": value.detach() for name, value in terms.items() if name != "total"}
+        logs.update(teacher_temp=teacher_temp, teacher_momentum=self.momentum_at(step),
+                    masked_patch_fraction=masks.float().mean())
+        return terms["total"], logs
+
+    def update_teacher(self, step: int) -> None:
+        ema_update(self.teacher, self.student, self.momentum_at(step))

@@ -1,0 +1,125 @@
+"""BYOL and DINOv2: one real step each, invariants, and bad input."""
+
+import pytest
+import torch
+
+from ssl_zoo.train import ConfigError, build_all
+from tests.conftest import TINY_DATA, TINY_VIT
+
+QUIET = ["callbacks.knn=null", "callbacks.progress=null", "callbacks.checkpoint=null", "~logger"]
+TINY_DINOV2 = [*TINY_DATA, *TINY_VIT, *QUIET, "method=dinov2", "method.out_dim=128", "method.ibot_out_dim=96",
+               "method.hidden_dim=64", "method.bottleneck_dim=32", "augmentation.transform.n_local=2"]
+TINY_BYOL = [*TINY_DATA, *QUIET, "method=byol", "method.projector_hidden_dim=64", "method.predictor_hidden_dim=64",
+             "method.projector_out_dim=32"]
+
+
+def _method_and_batch(compose_cfg, overrides):
+    parts = build_all(compose_cfg(overrides))
+    datamodule = parts["datamodule"]
+    datamodule.setup("fit")
+    method = parts["method"]
+    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=32)
+    return method, next(iter(datamodule.train_dataloader())), parts
+
+
+def test_dinov2_batch_carries_masks_and_step_logs_every_term(compose_cfg):
+    method, batch, _ = _method_and_batch(compose_cfg, TINY_DINOV2)
+    masks = batch["masks"]
+    assert masks.shape == (2 * 32, 64) and masks.dtype == torch.bool
+    ratios = masks.float().mean(dim=1)
+    masked_images = ratios > 0
+    assert 0 < masked_images.sum() < len(ratios)  # about half the global crops get a mask
+    assert ratios[masked_images].min() >= 0.1 - 1 / 64 and ratios.max() <= 0.5
+    loss, logs = method.compute_loss(batch, step=0)
+    assert torch.isfinite(loss)
+    for term in ("dino_local_loss", "dino_global_loss", "ibot_loss", "koleo_loss"):
+        assert term in logs and torch.isfinite(logs[term])
+    total = sum(logs[t] for t in ("dino_local_loss", "dino_global_loss", "ibot_loss", "koleo_loss"))
+    torch.testing.assert_close(total, loss.detach())
+    loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert method.student["backbone"].mask_token.grad.abs().sum() > 0  # masked patches reached the loss
+
+
+def test_dinov2_teacher_sees_unmasked_crops(compose_cfg):
+    method, batch, _ = _method_and_batch(compose_cfg, TINY_DINOV2)
+    seen = {}
+
+    def record(name):
+        def hook(module, args, kwargs):
+            seen.setdefault(name, kwargs.get("masks"))  # first call: the global crops
+
+        return hook
+
+    method.teacher["backbone"].register_forward_pre_hook(record("teacher"), with_kwargs=True)
+    method.student["backbone"].register_forward_pre_hook(record("student"), with_kwargs=True)
+    method.compute_loss(batch, step=0)
+    assert seen["teacher"] is None
+    assert torch.equal(seen["student"], batch["masks"])
+
+
+@pytest.mark.parametrize("targets", ["centering", "sinkhorn_knopp"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_dinov2_target_strategies_and_head_sharing(compose_cfg, targets, shared):
+    overrides = [*TINY_DINOV2, f"method.teacher_targets={targets}", f"method.separate_ibot_head={str(not shared).lower()}"]
+    if shared:
+        overrides.append("method.ibot_out_dim=128")
+    method, batch, _ = _method_and_batch(compose_cfg, overrides)
+    assert ("ibot_head" in method.student) is not shared
+    loss, _ = method.compute_loss(batch, step=0)
+    assert torch.isfinite(loss)
+    if targets == "centering":
+        assert method.cls_targets is not method.patch_targets
+        assert method.cls_targets.center.abs().sum() > 0 and method.patch_targets.center.abs().sum() > 0
+
+
+def test_dinov2_layer_decay_and_patch_embed_multiplier_reach_the_optimizer(compose_cfg):
+    method, _, _ = _method_and_batch(compose_cfg, TINY_DINOV2)
+    optimizer = method.configure_optimizers()
+    multipliers = {name: g["lr_multiplier"] for g in optimizer.param_groups for name in []} or [
+        g["lr_multiplier"] for g in optimizer.param_groups]
+    assert min(multipliers) == pytest.approx(0.2 * 0.9**3)  # patch embedding: 0.2 x 0.9^(depth+1)
+    assert max(multipliers) == 1.0
+
+
+def test_byol_step_is_symmetric_and_target_frozen(compose_cfg):
+    method, batch, _ = _method_and_batch(compose_cfg, TINY_BYOL)
+    assert batch["local_crops"] is None and batch["global_crops"].shape[0] == 64
+    loss, logs = method.compute_loss(batch, step=0)
+    assert 0 <= loss.item() <= 8  # two terms of 2 - 2cos, each in [0, 4]
+    loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert method.predictor.mlp[0].weight.grad is not None
+    # swapping the two views leaves the symmetric loss unchanged (same BN batch, eval-free)
+    v1, v2 = batch["global_crops"].chunk(2)
+    method.eval()
+    a, _ = method.compute_loss({**batch, "global_crops": torch.cat((v1, v2))}, step=0)
+    b, _ = method.compute_loss({**batch, "global_crops": torch.cat((v2, v1))}, step=0)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lars"])
+def test_byol_optimizers(compose_cfg, optimizer):
+    method, _, _ = _method_and_batch(compose_cfg, [*TINY_BYOL, f"method.optimizer={optimizer}"])
+    opt = method.configure_optimizers()
+    assert opt.__class__.__name__.lower() == {"adamw": "adamw", "sgd": "sgd", "lars": "lars"}[optimizer]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=dinov2", "backbone=resnet10t"], r"method=dinov2.*backbone=resnet10t"),
+        (["method=dinov2", *TINY_VIT, "augmentation.masking.ratio_min_max=[0.6,0.2]"], "ratio"),
+        (["method=dinov2", *TINY_VIT, "augmentation.masking.ratio_min_max=[0.1,1.5]"], "ratio"),
+        (["method=dinov2", *TINY_VIT, "augmentation.masking.probability=2"], "probability"),
+        (["method=dinov2", *TINY_VIT, "method.dino_weight=0"], r"method\.dino_weight"),
+        (["method=dinov2", *TINY_VIT, "method.koleo_weight=-1"], r"method\.koleo_weight"),
+        (["method=dinov2", *TINY_VIT, "method.separate_ibot_head=false", "method.ibot_out_dim=96"], r"method\.ibot_out_dim"),
+        (["method=byol", "augmentation.transform.n_local=2"], r"augmentation\.transform\.n_local"),
+        (["method=byol", "method.optimizer=adam"], r"method\.optimizer"),
+    ],
+)
+def test_bad_method_config_fails_before_training(compose_cfg, overrides, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        parts = build_all(compose_cfg([*TINY_DATA, *QUIET, *overrides]))
+        parts["method"].configure_optimizers()
