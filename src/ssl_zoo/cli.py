@@ -1,10 +1,12 @@
 """`ssl-zoo` command line: thin dispatch to Hydra apps and tools.
 
     ssl-zoo train [hydra overrides]     pretrain + kNN evaluation (see --help)
+    ssl-zoo data shard SRC DST          image folder -> WebDataset tar shards
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -18,12 +20,14 @@ USAGE = """usage: ssl-zoo <command> [args]
 
 commands:
   train [overrides]   pretrain a method and evaluate it (Hydra app; `ssl-zoo train --help`)
+  data shard SRC DST  write an image folder as tar shards for data=shards (`ssl-zoo data -h`)
 
 examples:
   ssl-zoo train                                   # DINO on the embedded shapes data, CPU
   ssl-zoo train method=dinov2 backbone=vit_tiny trainer.max_steps=200
   ssl-zoo train -m method=byol,dino,dinov2        # one run per method (Hydra multirun)
   ssl-zoo train --cfg job                         # print the composed config
+  ssl-zoo data shard /data/photos /data/shards --shard-size 2000
 """
 
 
@@ -36,6 +40,64 @@ def _train_app(cfg: DictConfig) -> float | None:
     return summary["knn_top1_end"]
 
 
+def _data_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssl-zoo data", description="Dataset tools (formats: docs/data.md)."
+    )
+    commands = parser.add_subparsers(dest="tool", required=True, metavar="{shard}")
+    shard = commands.add_parser(
+        "shard",
+        help="write an image folder as WebDataset tar shards",
+        description=(
+            "Write the images under SRC (any tree; class subfolders become labels, kept "
+            "with the class names) as tar shards DST/<prefix>-000000.tar, ... plus "
+            "DST/<prefix>-index.json (sample counts: the epoch length of data=shards). "
+            "Samples are shuffled before sharding (--no-shuffle keeps the sorted order); "
+            "bad files are skipped and counted."
+        ),
+    )
+    shard.add_argument("src", metavar="SRC", help="directory of images")
+    shard.add_argument("dst", metavar="DST", help="output directory (created)")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    shard.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
+    shard.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="keep the sorted file order")
+    shard.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    shard.add_argument("--verify", action="store_true", help="decode every image (finds truncated files; slower)")
+    shard.add_argument("--overwrite", action="store_true", help="replace shards with the same prefix in DST")
+    shard.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _data(argv: list[str]) -> int:
+    import logging
+
+    from ssl_zoo.data.images import DataError
+    from ssl_zoo.data.shards import INDEX_SUFFIX, write_shards
+
+    args = _data_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        index = write_shards(
+            args.src, args.dst, shard_size=args.shard_size, prefix=args.prefix,
+            shuffle=args.shuffle, seed=args.seed, verify=args.verify,
+            overwrite=args.overwrite, progress=not args.quiet,
+        )  # fmt: skip
+    except DataError as err:
+        print(f"ssl-zoo data shard: error: {err}", file=sys.stderr)
+        return 1
+    dst = Path(args.dst).resolve()
+    last = len(index["shards"]) - 1
+    labels = f"{len(index['classes'])} classes" if index["labeled"] else "unlabeled"
+    print(
+        f"wrote {index['num_samples']} images ({labels}) in {last + 1} shard(s) to {dst}\n"
+        f"index: {dst / (args.prefix + INDEX_SUFFIX)}\n"
+        f"skipped bad files: {index['skipped_bad_images']}"
+        + (f" (e.g. {', '.join(index['bad_image_examples'][:3])})" if index["skipped_bad_images"] else "")
+        + f"\ntrain on them: ssl-zoo train data=shards 'data.urls=\"{dst}/{args.prefix}-{{000000..{last:06d}}}.tar\"'"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -46,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = ["ssl-zoo train", *rest]
         _train_app()
         return 0
+    if command == "data":
+        return _data(rest)
     print(f"ssl-zoo: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -125,6 +125,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = None
     if checkpoint is not None:
         ckpt = checkpoint.last_model_path or checkpoint.best_model_path or None
+    report = getattr(datamodule, "bad_image_report", None)
+    bad_images = report() if callable(report) else {"count": 0, "examples": []}
     summary = {
         "method": _target_name(cfg.method),
         "backbone": cfg.backbone.model_name,
@@ -137,6 +139,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "wall_time_sec": time.perf_counter() - started,
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
+        "bad_images": bad_images["count"],
+        "bad_image_examples": bad_images["examples"],
         "run_dir": str(run_dir.resolve()),
     }
     if trainer.is_global_zero:
@@ -158,6 +162,8 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
     ips = summary["images_per_sec"]
     table.add_row("training images/s (median)", "n/a" if ips is None else f"{ips:.1f}")
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
+    if summary["bad_images"]:
+        table.add_row("bad images skipped", f"{summary['bad_images']} (e.g. {summary['bad_image_examples'][0]})")
     table.add_row("checkpoint", str(summary["checkpoint"]))
     table.add_row("summary", f"{summary['run_dir']}/summary.json")
     console = Console()

@@ -7,7 +7,7 @@ from ssl_zoo.train import ConfigError, build_all
 from tests.conftest import TINY_DATA, TINY_VIT
 
 QUIET = ["callbacks.knn=null", "callbacks.progress=null", "callbacks.checkpoint=null", "~logger"]
-TINY_DINOV2 = [*TINY_DATA, *TINY_VIT, *QUIET, "method=dinov2", "method.out_dim=128", "method.ibot_out_dim=96",
+TINY_DINOV2 = [*TINY_DATA, *TINY_VIT, *QUIET, "method=dinov2", "method.out_dim=128",
                "method.hidden_dim=64", "method.bottleneck_dim=32", "augmentation.transform.n_local=2"]
 TINY_BYOL = [*TINY_DATA, *QUIET, "method=byol", "method.projector_hidden_dim=64", "method.predictor_hidden_dim=64",
              "method.projector_out_dim=32"]
@@ -62,8 +62,8 @@ def test_dinov2_teacher_sees_unmasked_crops(compose_cfg):
 @pytest.mark.parametrize("shared", [True, False])
 def test_dinov2_target_strategies_and_head_sharing(compose_cfg, targets, shared):
     overrides = [*TINY_DINOV2, f"method.teacher_targets={targets}", f"method.separate_ibot_head={str(not shared).lower()}"]
-    if shared:
-        overrides.append("method.ibot_out_dim=128")
+    if not shared:
+        overrides.append("method.ibot_out_dim=96")
     method, batch, _ = _method_and_batch(compose_cfg, overrides)
     assert ("ibot_head" in method.student) is not shared
     loss, _ = method.compute_loss(batch, step=0)

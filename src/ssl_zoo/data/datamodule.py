@@ -4,6 +4,11 @@ Datasets arrive as partials (Hydra ``_partial_: true``) that take ``transform=``
 method's augmentation and collate (crops, iBOT masks) are injected by ``ssl_zoo.train``,
 so a data config never knows which method uses it. The kNN evaluation reads two labeled
 splits with the deterministic eval transform: a memory bank and queries.
+
+Map-style datasets are shuffled by the DataLoader; iterable ones (tar shards) shuffle
+themselves and are told the batch size, worker count and rank (``configure``) so every
+rank yields the same number of full batches. ``data.batch_size`` is per device;
+``data.global_batch_size``, when set, is checked against it (:func:`check_batch_sizes`).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ssl_zoo import distributed
+from ssl_zoo.data.images import DataError, bad_image_report
 
 DatasetFactory = Callable[..., Dataset]
 
@@ -26,7 +32,9 @@ class SSLDataModule(L.LightningDataModule):
     knn_train_set, knn_val_set: factories of the labeled memory bank and query splits;
         both ``None`` disables the kNN evaluation.
     batch_size: images per device per step (the global batch is batch_size x devices x
-        gradient accumulation; the lr is scaled from the global batch).
+        num_nodes x gradient accumulation; the lr is scaled from the global batch).
+    global_batch_size: optional: the global batch the run must have; checked against
+        batch_size x devices x num_nodes x accumulate_grad_batches before training.
     num_workers: dataloader processes per device.
     train_transform, eval_transform, collate: set by ``ssl_zoo.train`` from the method's
         augmentation config.
@@ -53,18 +61,29 @@ class SSLDataModule(L.LightningDataModule):
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         eval_crop_fraction: float = 0.875,
+        global_batch_size: int | None = None,
+        **dataset_keys: Any,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if global_batch_size is not None and (
+            not isinstance(global_batch_size, int) or global_batch_size < 1
+        ):
+            raise ValueError(f"data.global_batch_size must be an int >= 1 or null, got {global_batch_size!r}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         if (knn_train_set is None) != (knn_val_set is None):
-            raise ValueError("data.knn_train_set and data.knn_val_set must be set together (or both null)")
+            raise ValueError(
+                "data.knn_train_set and data.knn_val_set must be set together (or both null); "
+                "for folders: data.knn_train_root and data.knn_val_root"
+            )
         self.train_factory = train_set
         self.knn_train_factory = knn_train_set
         self.knn_val_factory = knn_val_set
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        self.dataset_keys = dict(dataset_keys)
         self.num_workers = num_workers
         self.train_transform = train_transform
         self.eval_transform = eval_transform
@@ -80,6 +99,8 @@ class SSLDataModule(L.LightningDataModule):
         self.knn_val: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            check_batch_sizes(self, self.trainer)
         if self.train_set is None:
             self.train_set = self.train_factory(transform=self.train_transform)
             if len(self.train_set) < self.batch_size:
@@ -90,16 +111,27 @@ class SSLDataModule(L.LightningDataModule):
         if self.knn_train_factory is not None and self.knn_train is None:
             self.knn_train = self.knn_train_factory(transform=self.eval_transform)
             self.knn_val = self.knn_val_factory(transform=self.eval_transform)
+            for name, dataset in (("knn_train", self.knn_train), ("knn_val", self.knn_val)):
+                if isinstance(dataset, IterableDataset):
+                    raise DataError(f"data.{name}_set must be map-style (an image folder), not streamed shards")
+            bank, queries = getattr(self.knn_train, "classes", None), getattr(self.knn_val, "classes", None)
+            if bank is not None and queries is not None and list(bank) != list(queries):
+                raise DataError(
+                    f"the kNN splits have different classes: memory bank {_show(bank)}, queries "
+                    f"{_show(queries)}; the label of a class must be the same in both "
+                    f"(same class folders in data.knn_train_root and data.knn_val_root)"
+                )
 
     @property
     def has_knn(self) -> bool:
         return self.knn_train_factory is not None
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, **kwargs: Any) -> DataLoader:
+        iterable = isinstance(dataset, IterableDataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and not iterable,  # shards shuffle themselves
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -108,7 +140,27 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_set, IterableDataset) and hasattr(self.train_set, "configure"):
+            trainer = self.trainer
+            rank = trainer.global_rank if trainer is not None else distributed.rank()
+            world = trainer.world_size if trainer is not None else distributed.world_size()
+            self.train_set.configure(self.batch_size, self.num_workers, rank=rank, world_size=world)
         return self._loader(self.train_set, self.batch_size, train=True, collate_fn=self.collate)
+
+    def bad_image_report(self) -> dict:
+        """{"count": distinct bad files skipped, "examples": [paths], "reasons": {path: why}}
+        over the training and kNN datasets: the files dropped at setup plus those that
+        failed to decode in any dataloader worker so far. Under several processes it
+        gathers every rank's (call it on every rank)."""
+        entries = []
+        for dataset in (self.train_set, self.knn_train, self.knn_val):
+            if dataset is not None and hasattr(dataset, "bad_images"):
+                entries.extend(dataset.bad_images())
+        if distributed.is_distributed():
+            gathered: list = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(gathered, entries)
+            entries = [entry for part in gathered for entry in part]
+        return bad_image_report(entries)
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """Memory-bank and query loaders over this process's share of each split
@@ -126,3 +178,33 @@ class SSLDataModule(L.LightningDataModule):
         if classes is None:
             raise ValueError("the kNN memory-bank dataset must expose `classes`")
         return len(classes)
+
+
+def _show(classes) -> str:
+    classes = list(classes)
+    return f"{classes[:4]}{'...' if len(classes) > 4 else ''} ({len(classes)})"
+
+
+def check_batch_sizes(datamodule: SSLDataModule, trainer: L.Trainer) -> int:
+    """The global batch (per-device data.batch_size x devices x num_nodes x
+    accumulate_grad_batches); a DataError if data.global_batch_size is set and differs."""
+    devices = int(getattr(trainer, "num_devices", 1))
+    nodes = int(getattr(trainer, "num_nodes", 1))
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1))
+    actual = datamodule.batch_size * devices * nodes * accumulate
+    wanted = getattr(datamodule, "global_batch_size", None)
+    if wanted is not None and wanted != actual:
+        per_device = wanted / (devices * nodes * accumulate)
+        hint = (
+            f"set data.batch_size={int(per_device)}"
+            if per_device == int(per_device)
+            else f"no per-device batch gives {wanted} on {devices * nodes} device(s) with "
+            f"accumulate_grad_batches={accumulate}"
+        )
+        raise DataError(
+            f"data.global_batch_size={wanted} but data.batch_size x devices x num_nodes x "
+            f"accumulate_grad_batches = {datamodule.batch_size} x {devices} x {nodes} x "
+            f"{accumulate} = {actual}: {hint}, or change trainer.devices / "
+            f"trainer.accumulate_grad_batches, or set data.global_batch_size=null"
+        )
+    return actual

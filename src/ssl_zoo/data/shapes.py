@@ -1,11 +1,13 @@
 """Procedurally generated shapes: the small labelled dataset embedded in the package.
 
 Every image shows one filled shape (the label) in a random colour, at a random position,
-scale and rotation, over a random textured background (stripes, checkerboard, blobs,
-gradient or concentric rings, plus pixel noise). The shape is the only thing that is
-invariant within a class, which is what crops and colour jitter leave intact; the
-background carries most of the pixel energy, so raw pixels are a poor feature (weighted
-kNN on raw pixels stays far below what a learned feature reaches).
+scale and rotation, over a random two-colour textured background (stripes, checkerboard,
+blobs, gradient or concentric rings, plus pixel noise). The shape is the only thing that
+is invariant within a class, and the one thing two augmented crops of an image share that
+the standard colour jitter doesn't hide: hues stay within a band that the jitter covers,
+and the shape stands out by brightness (light on dark or dark on light). Raw pixels are a
+poor feature: weighted kNN (k=20, T=0.07) on them reaches about 39% top-1 on 10 classes
+(10k train / 2k val).
 
 Generation is vectorised numpy, chunked to bound memory, and deterministic for a given
 (seed, split): 10,000 images of 32 px take about a second.
@@ -39,8 +41,8 @@ SHAPE_NAMES = (
 
 _SUPERSAMPLE = 2  # the shape mask is rendered at 2x and averaged: mild antialiasing
 _CHUNK = 1024  # images rendered at once (bounds the float32 work arrays to ~100 MB)
-_BG_CONTRAST = 0.2  # max per-channel difference between the two background colours
-_MIN_FG_BG_DISTANCE = 0.45  # Euclidean RGB distance in [0, 1] between shape and background
+_BG_CONTRAST = 0.3  # max brightness difference between the two background colours
+_HUE_BAND = (0.25, 0.85)  # yellow-green to magenta
 
 
 # --------------------------------------------------------------------------------------
@@ -193,29 +195,38 @@ def _background_pattern(kind: np.ndarray, rng: np.random.Generator, size: int) -
     return out
 
 
-def _contrasting_colours(
-    rng: np.random.Generator, bg1: np.ndarray, bg2: np.ndarray, tries: int = 24
-) -> np.ndarray:
-    """(n, 3) foreground colours, each as far as possible from both background colours.
+def _hsv_to_rgb(h: np.ndarray, sat: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """(n,) hue, saturation, value in [0, 1] -> (n, 3) RGB in [0, 1]."""
+    k = (np.array([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
+    return val[:, None] - val[:, None] * sat[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
 
-    Draws `tries` uniform candidates per image and keeps the first whose distance to both
-    background colours is at least _MIN_FG_BG_DISTANCE, else the farthest candidate.
+
+def _colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shape colour and the two background colours, (n, 3) each.
+
+    Hues come from a band no wider than what the colour jitter of the standard recipes
+    shifts (hue +-0.1), and the shape stands out from the background by brightness, not
+    hue. Colour then identifies neither a class nor an image across two augmented views,
+    so self-supervision has to learn the shape; raw pixels still vary with colour,
+    brightness, pose and texture.
     """
-    n = bg1.shape[0]
-    cand = rng.uniform(0, 1, size=(n, tries, 3))
-    dist = np.minimum(
-        np.linalg.norm(cand - bg1[:, None], axis=-1), np.linalg.norm(cand - bg2[:, None], axis=-1)
-    )
-    ok = dist >= _MIN_FG_BG_DISTANCE
-    pick = np.where(ok.any(axis=1), ok.argmax(axis=1), dist.argmax(axis=1))
-    return cand[np.arange(n), pick]
+    hue = rng.uniform(*_HUE_BAND, size=(3, n))
+    sat = rng.uniform(0.2, 0.8, size=(3, n))
+    dark, light = rng.uniform(0.1, 0.4, size=n), rng.uniform(0.65, 1.0, size=n)
+    shape_is_light = rng.random(n) < 0.5
+    fg_val = np.where(shape_is_light, light, dark)
+    bg_val = np.where(shape_is_light, dark, light)
+    fg = _hsv_to_rgb(hue[0], sat[0], fg_val)
+    bg1 = _hsv_to_rgb(hue[1], sat[1], bg_val)
+    bg2 = _hsv_to_rgb(hue[2], sat[2], np.clip(bg_val + rng.uniform(-_BG_CONTRAST, _BG_CONTRAST, size=n), 0, 1))
+    return fg.astype(np.float32), bg1.astype(np.float32), bg2.astype(np.float32)
 
 
 def _render(labels: np.ndarray, names: list[str], size: int, rng: np.random.Generator):
     """(n, 3, size, size) uint8 images for the given labels."""
     n = labels.shape[0]
     # Shape pose: radius 28-45% of the image (in pixels), centre keeps the shape inside.
-    radius = rng.uniform(0.28, 0.45, size=n) * size
+    radius = rng.uniform(0.25, 0.45, size=n) * size
     margin = 0.95 * radius
     cx = rng.uniform(margin, size - margin)
     cy = rng.uniform(margin, size - margin)
@@ -245,9 +256,7 @@ def _render(labels: np.ndarray, names: list[str], size: int, rng: np.random.Gene
     pattern = _background_pattern(kind, rng, size)
     # Low-contrast texture: strong stripes or checkers would be a shortcut that two crops of
     # one image share (self-supervision would learn the background, not the shape).
-    bg1 = rng.uniform(0, 1, size=(n, 3)).astype(np.float32)
-    bg2 = np.clip(bg1 + rng.uniform(-_BG_CONTRAST, _BG_CONTRAST, size=(n, 3)), 0, 1).astype(np.float32)
-    fg = _contrasting_colours(rng, bg1, bg2).astype(np.float32)
+    fg, bg1, bg2 = _colours(rng, n)
     p = pattern[:, None]
     bg = bg1[:, :, None, None] * (1 - p) + bg2[:, :, None, None] * p
     a = alpha[:, None]

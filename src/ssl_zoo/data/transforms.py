@@ -24,20 +24,26 @@ How it is fast (the distribution is torchvision's, op by op):
    sqrt(s W H / r); over s >= s_min and r in [3/4, 4/3] its smaller side is at least
    m = min(sqrt(s_min * 3/4 * W * H), min(W, H)) (the second term covers the centre-crop
    fallback of RandomResizedCrop). Decoding at 1/k is harmless when every box still has
-   >= G pixels per side at 1/k, i.e. k <= m / G, for every crop kind (G, s_min). Boxes
-   are drawn in relative terms on the decoded image, so the crop statistics (scale,
-   aspect, position) stay the same. Example: DINO (224 px at s >= 0.4, 96 px at
-   s >= 0.05) on a square photo of side N allows k = 2 from N ~ 1000 px; a 500 px photo
-   is decoded in full.
+   >= G pixels per side at 1/k, i.e. k <= m / G, for every crop kind (G, s_min): the
+   resize then still downsamples. Boxes are drawn in relative terms on the decoded image,
+   so the crop statistics (scale, aspect, position) stay the same. Example: DINO (224 px
+   at s >= 0.4, 96 px at s >= 0.05) allows k = 2 from a square side of ~1000 px; a 500 px
+   photo is decoded in full.
 2. Crop boxes follow ``torchvision.transforms.v2.RandomResizedCrop`` (10 tries, then
-   the centre-crop fallback), with the random draws of all views made at once. Each box
-   is resized on the uint8 image (torchvision's native uint8 bicubic, antialiased).
-3. The views of one size are stacked and converted to float32 in [0, 1] once; colour
-   jitter (the four ops in random order per view, torchvision's formulas), grayscale,
-   Gaussian blur (separable: two matrix products with the reflect padding folded into a
-   band matrix; the kernel is torchvision's), solarisation and normalisation all run in
-   float on the stack. Unlike torchvision on uint8, values are not rounded to 8 bits
-   between ops (differences below 1/255 per op).
+   the centre-crop fallback), with the random numbers of all views drawn at once. Each box
+   is packed channels-last and resized on uint8 by torch's native antialiased bicubic
+   kernel (torchvision's resized_crop on uint8 tensors uses the same kernel).
+3. The views of one size are stacked and converted to float32 in [0, 1] once. Colour
+   jitter runs per view (its own factors and its own random order of the four ops, as
+   ColorJitter), grayscale, blur and solarisation run batched over the views that draw
+   them, and the stack is normalised once. The ops are written with in-place arithmetic
+   into reused scratch memory (``Workspace``): comparisons, ``where`` and ``remainder``
+   are 5-20x slower than arithmetic on CPU, and fresh outputs cost cache misses. Hue
+   rotates HSV hue without building HSV (the formula is in ``_hue_``); the Gaussian
+   blur is separable, as two matrix products with the reflect padding folded into a
+   band matrix (only its diagonal blocks on large views). Unlike torchvision on uint8,
+   values are not rounded to 8 bits between ops (differences below 1/255 per op); tests
+   check every op against torchvision's on float images.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import math
 import numbers
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -158,6 +164,9 @@ def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int)
     crop = image[:, top : top + h, left : left + w].unsqueeze(0)
     if (h, w) == (size, size):
         return crop
+    # A box of a channels-last image is not channels-last contiguous (its rows are the
+    # image's); packing it first is cheaper than what interpolate does otherwise (~1.5x).
+    crop = crop.contiguous(memory_format=torch.channels_last)
     return torch.nn.functional.interpolate(
         crop, size=(size, size), mode="bicubic", align_corners=False, antialias=True
     )
@@ -168,7 +177,8 @@ def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int)
 
 
 _GRAY = torch.tensor([_GRAY_WEIGHTS])
-_HUE_CENTRES = torch.tensor([3.0, 5.0, 1.0]).view(3, 1, 1)
+_GRAY_VECTOR = torch.tensor(_GRAY_WEIGHTS)
+_HUE_CENTRES = torch.tensor([3.0, 5.0, 1.0]).view(1, 3, 1, 1)
 # Python numbers passed to tensor ops become a double tensor that is then copied to float
 # (~4 us each on small views): constants are float tensors and scalars ride on ``alpha``.
 _ZERO = torch.tensor(0.0)
@@ -178,24 +188,34 @@ _INV_255 = torch.tensor(1.0 / 255.0)
 
 
 class Workspace:
-    """Scratch tensors for the ops on one (3, S, S) view, reused from call to call: on a
-    224 px view an op writing into warm memory is 2-3x faster than one allocating its
-    output. One per thread and crop size (see MultiCropTransform._workspace)."""
+    """Scratch tensors for the ops on up to ``n`` (3, S, S) views, reused from call to
+    call: on a 224 px view an op writing into warm memory is 2-3x faster than one
+    allocating its output. One per thread, crop size and view count (see
+    MultiCropTransform._workspace)."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.planes = torch.empty(7, size, size).unbind(0)
-        self.full = torch.empty(2, 3, size, size).unbind(0)
-        self.gray = torch.empty(1, size * size)
+    def __init__(self, size: int, n: int = 1) -> None:
+        self.size, self.n = size, n
+        self.planes = torch.empty(7, n, size, size).unbind(0)
+        self.full = torch.empty(2, n, 3, size, size).unbind(0)
+        self.gray = torch.empty(n, 1, size * size)
+        self._views: dict[int, tuple] = {}
+
+    def views(self, k: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The planes and full buffers cut to k views (cached: slicing costs ~1 us each)."""
+        if k not in self._views:
+            self._views[k] = (tuple(p[:k] for p in self.planes), tuple(f[:k] for f in self.full))
+        return self._views[k]
+
+
+# Batched ops: x is (k, 3, S, S) float in [0, 1], factors a (k,) tensor, all in place.
 
 
 def _grayscale(x: torch.Tensor, ws: Workspace) -> torch.Tensor:
-    """(3, H, W) -> (1, H, W) luma with torchvision's weights, in workspace memory."""
-    return torch.mm(_GRAY, x.view(3, -1), out=ws.gray).view(1, *x.shape[1:])
-
-
-def _scale_(x: torch.Tensor, factor: float) -> torch.Tensor:
-    return torch.add(_ZERO, x, alpha=factor, out=x)  # x * factor
+    """(k, 3, H, W) -> (k, 1, H, W) luma with torchvision's weights, in workspace memory."""
+    k = x.shape[0]
+    if k == 1:  # a plain product: the batched one broadcasts the weights first
+        return torch.mm(_GRAY, x.view(3, -1), out=ws.gray[0]).view(1, 1, *x.shape[2:])
+    return torch.matmul(_GRAY, x.reshape(k, 3, -1), out=ws.gray[:k]).view(k, 1, *x.shape[2:])
 
 
 def _step_(t: torch.Tensor) -> torch.Tensor:
@@ -205,30 +225,32 @@ def _step_(t: torch.Tensor) -> torch.Tensor:
     return torch.add(_ONE, t, alpha=1e30, out=t).clamp_(0.0, 1.0)
 
 
-def _brightness_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
-    _scale_(x, factor).clamp_(0.0, 1.0)
+def _brightness_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
+    x.mul_(factors.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
-def _contrast_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
-    r, g, b = x.mean(dim=(1, 2)).tolist()
-    mean = _GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b
-    _scale_(x, factor).add_(_ONE, alpha=mean * (1.0 - factor)).clamp_(0.0, 1.0)
+def _contrast_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
+    mean = torch.mv(x.mean(dim=(2, 3)), _GRAY_VECTOR)  # mean of the grayscale image
+    x.mul_(factors.view(-1, 1, 1, 1)).add_((mean * (1.0 - factors)).view(-1, 1, 1, 1))
+    x.clamp_(0.0, 1.0)
 
 
-def _saturation_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
-    torch.lerp(_grayscale(x, ws).expand_as(x), x, factor, out=x).clamp_(0.0, 1.0)
+def _saturation_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
+    gray = _grayscale(x, ws).expand_as(x)
+    torch.lerp(gray, x, factors.view(-1, 1, 1, 1), out=x).clamp_(0.0, 1.0)
 
 
-def _hue_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
-    """Rotate the HSV hue of a (3, H, W) image by ``factor`` turns, in place.
+def _hue_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
+    """Rotate the HSV hue of (k, 3, H, W) images by ``factors`` turns, in place.
 
     Same result as torchvision's rgb -> hsv -> rgb round trip, without building HSV:
     with V = max, C = max - min and the hue H6 in [0, 6), channel c is
     V - C * clamp(max(2 - d, d - 4), 0, 1) where d = |H6 - p_c| and p = (3, 5, 1) for
     (r, g, b) (the usual k = (n + H6) mod 6 formula, n = 5, 3, 1, folded).
     """
-    r, g, b = x
-    maxc, chroma, is_r, is_g, hue, tmp, tmp2 = ws.planes
+    planes, (dist, other) = ws.views(x.shape[0])
+    r, g, b = x.unbind(1)
+    maxc, chroma, is_r, is_g, hue, tmp, tmp2 = planes
     torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
     torch.minimum(torch.minimum(r, g, out=chroma), b, out=chroma)
     torch.sub(maxc, chroma, out=chroma)
@@ -241,48 +263,60 @@ def _hue_(x: torch.Tensor, factor: float, ws: Workspace) -> None:
     torch.sub(b, r, out=tmp2).add_(chroma, alpha=2.0).sub_(hue)
     hue.addcmul_(is_r, tmp).addcmul_(is_g, tmp2)
     hue.div_(torch.clamp(chroma, min=1e-12, out=tmp))
-    hue.add_(_ONE, alpha=6.0 * factor + 6.0)  # H6 in [-1, 5] -> [2, 14)
+    hue.add_((6.0 * factors + 6.0).view(-1, 1, 1))  # H6 in [-1, 5] -> [2, 14)
     hue.sub_(torch.add(_ZERO, hue, alpha=1.0 / 6.0, out=tmp).floor_(), alpha=6.0)  # mod 6
-    dist, other = ws.full
-    torch.sub(hue, _HUE_CENTRES, out=dist).abs_()
+    torch.sub(hue.unsqueeze(1), _HUE_CENTRES, out=dist).abs_()
     torch.sub(_TWO, dist, out=other)
     torch.maximum(dist.sub_(_ONE, alpha=4.0), other, out=dist)
-    dist.clamp_(0.0, 1.0).mul_(chroma)
-    torch.sub(maxc, dist, out=x)
+    dist.clamp_(0.0, 1.0).mul_(chroma.unsqueeze(1))
+    torch.sub(maxc.unsqueeze(1), dist, out=x)
 
 
 def _solarize_(x: torch.Tensor, threshold: float, ws: Workspace) -> None:
     """v -> 1 - v where v >= threshold (torchvision's solarize), in place."""
-    flip, other = ws.full
+    flip, other = ws.views(x.shape[0])[1]
     _step_(torch.sub(x, _ONE, alpha=threshold, out=flip))
     x.addcmul_(flip, torch.add(_ONE, x, alpha=-2.0, out=other))
 
 
+def _to_gray_(x: torch.Tensor, ws: Workspace) -> None:
+    x.copy_(_grayscale(x, ws).expand_as(x))
+
+
+def _on_views(x: torch.Tensor, views: Sequence[int], fn: Callable[[torch.Tensor], None]) -> None:
+    """fn on the stack of x's views ``views`` (sorted), in place: a slice when they are
+    consecutive, else gathered and written back."""
+    if views[-1] - views[0] == len(views) - 1:
+        fn(x[views[0] : views[-1] + 1])
+        return
+    index = torch.tensor(views)
+    subset = x.index_select(0, index)
+    fn(subset)
+    x.index_copy_(0, index, subset)
+
+
 _JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue_)
 
-_BAND_INDEX: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_CORNER_TAPS: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _band_index(size: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two (size * size,) tap indices per band cell, direct and reflected (kernel_size
-    means none): B[i, j] = w[direct] + w[reflected] (radius < size - 1: one reflection)."""
+def _corner_taps(size: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tap indices of the reflected taps in the top-left and bottom-right (r + 1)^2
+    corners of the band (kernel_size = no tap), flat, cached. A tap t of output j reads
+    p = j + t - r; off the left edge it reads i = -p (i >= 1), off the right edge
+    i = 2 (size - 1) - p (i <= size - 2)."""
     key = (size, kernel_size)
-    if key not in _BAND_INDEX:
+    if key not in _CORNER_TAPS:
         radius = kernel_size // 2
-        source = torch.arange(size)[:, None]  # i
-        output = torch.arange(size)[None, :]  # j
-        tap = source - output + radius  # the direct tap from i to j
-        direct = torch.where((tap >= 0) & (tap < kernel_size), tap, kernel_size)
-        # A tap t of output j reads p = j + t - radius; off the left edge (i = -p >= 1)
-        # or the right one (i = 2 (size - 1) - p <= size - 2), disjoint as radius < size - 1.
-        left = radius - source - output
-        right = 2 * (size - 1) - source - output + radius
-        reflected = torch.full((size, size), kernel_size)
-        for t, ok in ((left, source >= 1), (right, source <= size - 2)):
-            ok = ok & (t >= 0) & (t < kernel_size)
-            reflected = torch.where(ok, t, reflected)
-        _BAND_INDEX[key] = (direct.reshape(-1), reflected.reshape(-1))
-    return _BAND_INDEX[key]
+        k = torch.arange(radius + 1)
+        i, j = k[:, None], k[None, :]
+        top = radius - i - j  # i, j counted from the top-left
+        top = torch.where((i >= 1) & (top >= 0), top, kernel_size)
+        i, j = size - 1 - radius + i, size - 1 - radius + k[None, :]
+        bottom = 2 * (size - 1) - i - j + radius
+        bottom = torch.where((i <= size - 2) & (bottom < kernel_size), bottom, kernel_size)
+        _CORNER_TAPS[key] = (top.reshape(-1), bottom.reshape(-1))
+    return _CORNER_TAPS[key]
 
 
 def blur_bands(size: int, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
@@ -296,8 +330,8 @@ def blur_bands(size: int, kernel_size: int, sigma: Sequence[float]) -> torch.Ten
         total = sum(w)
         # Far taps of a narrow kernel are tiny: their products in the second pass would
         # be denormal floats, ~10x slower on x86. Below 1e-10 a weight changes nothing.
-        rows.append([v / total if v / total >= 1e-10 else 0.0 for v in w] + [0.0])
-    weights = torch.tensor(rows)  # (N, kernel_size + 1), the last one is "no tap"
+        rows.append([v / total if v / total >= 1e-10 else 0.0 for v in w])
+    weights = torch.tensor(rows)  # (N, kernel_size), symmetric
     n = weights.shape[0]
     if radius >= size - 1:  # reflections of reflections (tiny crops): by hand
         band = torch.zeros(n, size, size)
@@ -308,39 +342,47 @@ def blur_bands(size: int, kernel_size: int, sigma: Sequence[float]) -> torch.Ten
                 i = period - i if i >= size else i
                 band[:, i, j] += weights[:, t]
         return band
-    direct, reflected = _band_index(size, kernel_size)
-    band = weights.index_select(1, direct)
-    return band.add_(weights.index_select(1, reflected)).view(n, size, size)
+    # Direct taps: a Toeplitz matrix, B[i, j] = w[radius + j - i], from a Hankel view.
+    line = torch.zeros(n, 2 * size - 1)
+    line[:, size - 1 - radius : size + radius] = weights
+    band = line.unfold(1, size, 1).flip(1)
+    top, bottom = _corner_taps(size, kernel_size)
+    padded = torch.cat([weights, torch.zeros(n, 1)], dim=1)  # index kernel_size: no tap
+    corner = radius + 1
+    band[:, :corner, :corner] += padded.index_select(1, top).view(n, corner, corner)
+    band[:, -corner:, -corner:] += padded.index_select(1, bottom).view(n, corner, corner)
+    return band
 
 
 _BLUR_BLOCK = 56  # column block of the banded products (views of >= 3 blocks)
 
 
-def _blur_(x: torch.Tensor, band: torch.Tensor, radius: int, ws: Workspace) -> None:
-    """Separable blur of one (3, S, S) image in place: rows, then columns.
+def _blur_(x: torch.Tensor, bands: torch.Tensor, radius: int, ws: Workspace) -> None:
+    """Separable blur of (k, 3, S, S) images in place, bands (k, S, S): rows, then columns.
 
     The band matrix is zero beyond ``radius`` of its diagonal, so large views multiply
-    only the blocks that hold it (~3x fewer flops at 224 px); small views use one
-    dense product, which is faster there.
+    only the blocks that hold it (~3x fewer flops at 224 px); small views use one dense
+    product per pass for all k, which is faster there.
     """
-    size = x.shape[-1]
+    k, _, size, _ = x.shape
     if size < 3 * _BLUR_BLOCK:
-        rows = ws.full[0]
-        torch.mm(x.view(3 * size, size), band, out=rows.view(3 * size, size))
-        torch.matmul(band.t(), rows, out=x)
+        rows = ws.full[0][:k]
+        torch.bmm(x.view(k, 3 * size, size), bands, out=rows.view(k, 3 * size, size))
+        torch.matmul(bands.transpose(1, 2).unsqueeze(1), rows, out=x)
         return
-    flat = x.view(3 * size, size)
-    rows_t = ws.full[0].view(size, 3 * size)  # rows pass, transposed: (column, c * S + row)
-    blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
-    for c0, c1 in blocks:
-        i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
-        torch.mm(band[i0:i1, c0:c1].t(), flat[:, i0:i1].t(), out=rows_t[c0:c1])
-    for channel in range(3):
-        offset = channel * size
+    for view, band in zip(x, bands, strict=True):
+        flat = view.view(3 * size, size)
+        rows_t = ws.full[0][0].view(size, 3 * size)  # rows pass, transposed
+        blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
         for c0, c1 in blocks:
             i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
-            rows = rows_t[:, offset + i0 : offset + i1].t()
-            torch.mm(band[i0:i1, c0:c1].t(), rows, out=x[channel, c0:c1])
+            torch.mm(band[i0:i1, c0:c1].t(), flat[:, i0:i1].t(), out=rows_t[c0:c1])
+        for channel in range(3):
+            offset = channel * size
+            for c0, c1 in blocks:
+                i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
+                rows = rows_t[:, offset + i0 : offset + i1].t()
+                torch.mm(band[i0:i1, c0:c1].t(), rows, out=view[channel, c0:c1])
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
@@ -349,9 +391,7 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: Sequence[float]) -> 
     if x.shape[-1] != x.shape[-2] or x.shape[-3] != 3:
         raise ValueError(f"gaussian_blur expects (N, 3, S, S) images, got {tuple(x.shape)}")
     out = x.clone()
-    ws = Workspace(x.shape[-1])
-    for view, band in zip(out, blur_bands(x.shape[-1], kernel_size, sigma), strict=True):
-        _blur_(view, band, kernel_size // 2, ws)
+    _blur_(out, blur_bands(x.shape[-1], kernel_size, sigma), kernel_size // 2, Workspace(x.shape[-1], x.shape[0]))
     return out
 
 
@@ -524,6 +564,7 @@ class MultiCropTransform:
                 (h, (-h, h)),
             )
         )
+        self._jitter_bounds = [bounds or (0.0, 0.0) for bounds in self._jitter_ranges]
         self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         self._workspaces: dict[tuple[int, int], Workspace] = {}
         self._inv_std = 1.0 / torch.tensor(self.std).view(1, 3, 1, 1)
@@ -535,11 +576,11 @@ class MultiCropTransform:
             self, self.local_size, self.local_scale, self.local_blur_p, self.local_solarize_p
         )
 
-    def _workspace(self, size: int) -> Workspace:
-        key = (threading.get_ident(), size)
+    def _workspace(self, size: int, n: int) -> Workspace:
+        key = (threading.get_ident(), size, n)
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = self._workspaces[key] = Workspace(size)
+            ws = self._workspaces[key] = Workspace(size, n)
         return ws
 
     def __getstate__(self) -> dict:
@@ -596,30 +637,32 @@ class MultiCropTransform:
             x[i].copy_(crop)  # uint8 -> float (scaled below, in one op for all views)
         x.mul_(_INV_255)
 
-        ws = self._workspace(size)
-        for i, d in enumerate(draws):
-            coins = d[BOX_DRAWS:]
-            view = x[i]
-            if coins[1] < self.color_jitter_p:
-                for op in order[i]:
-                    bounds = self._jitter_ranges[op]
-                    if bounds is not None:
-                        lo, hi = bounds
-                        _JITTER_OPS[op](view, lo + (hi - lo) * coins[6 + op], ws)
-            if coins[2] < self.grayscale_p:
-                view.copy_(_grayscale(view, ws).expand_as(view))
-
-        blurred = [i for i in range(n) if draws[i][BOX_DRAWS + 3] < blur_p[i]]
+        ws = self._workspace(size, n)
+        coins = [d[BOX_DRAWS:] for d in draws]
+        # Colour jitter: each view its own factors and its own order of the four ops
+        # (torchvision's ColorJitter); the other ops are batched over their views.
+        for i in range(n):
+            if coins[i][1] >= self.color_jitter_p:
+                continue
+            view = x[i : i + 1]
+            factors = torch.tensor(
+                [lo + (hi - lo) * coins[i][6 + op] for op, (lo, hi) in enumerate(self._jitter_bounds)]
+            )
+            for op in order[i]:
+                if self._jitter_ranges[op] is not None:
+                    _JITTER_OPS[op](view, factors[op : op + 1], ws)
+        gray = [i for i in range(n) if coins[i][2] < self.grayscale_p]
+        if gray:
+            _on_views(x, gray, lambda v: _to_gray_(v, ws))
+        blurred = [i for i in range(n) if coins[i][3] < blur_p[i]]
         if blurred:
             lo, hi = self.blur_sigma
-            sigma = [lo + (hi - lo) * draws[i][BOX_DRAWS + 4] for i in blurred]
             kernel = blur_kernel_size(size)
-            for i, band in zip(blurred, blur_bands(size, kernel, sigma), strict=True):
-                _blur_(x[i], band, kernel // 2, ws)
-
-        for i in range(n):
-            if draws[i][BOX_DRAWS + 5] < solarize_p[i]:
-                _solarize_(x[i], 128 / 255, ws)  # RandomSolarize(threshold=128) on uint8
+            bands = blur_bands(size, kernel, [lo + (hi - lo) * coins[i][4] for i in blurred])
+            _on_views(x, blurred, lambda v: _blur_(v, bands, kernel // 2, ws))
+        solarized = [i for i in range(n) if coins[i][5] < solarize_p[i]]
+        if solarized:  # RandomSolarize(threshold=128) on uint8
+            _on_views(x, solarized, lambda v: _solarize_(v, 128 / 255, ws))
         return x.sub_(self._mean).mul_(self._inv_std)
 
 

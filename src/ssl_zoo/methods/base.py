@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import set_teacher_mode
+from ssl_zoo.models.ema import ema_update, set_teacher_mode
 from ssl_zoo.optim import build_optimizer, build_param_groups
 from ssl_zoo.schedules import cosine_schedule
 
@@ -38,6 +38,8 @@ class SSLMethod(L.LightningModule):
         freeze_last_layer_epochs: lr of the head's last layer is 0 for this long (DINO).
         layer_decay, patch_embed_lr_mult: ViT lr multipliers (DINOv2); 1.0 disables.
         betas, momentum: optimizer constants (AdamW betas; SGD/LARS momentum).
+        momentum_teacher: EMA momentum of the teacher at step 0, raised to 1 with a cosine
+            (DINO, BYOL 0.996; DINOv2 0.992).
     """
 
     backbone_param_prefix = "student.backbone."
@@ -58,8 +60,10 @@ class SSLMethod(L.LightningModule):
         patch_embed_lr_mult: float = 1.0,
         betas: tuple[float, float] = (0.9, 0.999),
         momentum: float = 0.9,
+        momentum_teacher: float = 0.996,
     ) -> None:
         super().__init__()
+        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
         _check("base_lr", base_lr > 0, base_lr, "> 0")
         _check("lr_scaling", lr_scaling in _LR_SCALING, lr_scaling, f"one of {sorted(_LR_SCALING)}")
         _check("min_lr", min_lr >= 0, min_lr, ">= 0")
@@ -83,6 +87,7 @@ class SSLMethod(L.LightningModule):
         self.patch_embed_lr_mult = patch_embed_lr_mult
         self.betas = tuple(betas)
         self.momentum = momentum
+        self.momentum_teacher = momentum_teacher
         self.teacher: nn.Module | None = None
         # Set by `setup_schedules` once the trainer knows the data and the devices.
         self.total_steps = 1
@@ -97,6 +102,8 @@ class SSLMethod(L.LightningModule):
 
     def update_teacher(self, step: int) -> None:
         """Called once after every real optimizer step (never on accumulation steps)."""
+        if self.teacher is not None:
+            ema_update(self.teacher, self.student, self.momentum_at(step))
 
     def check_views(self, n_global: int, n_local: int) -> None:
         """Raise ValueError if the augmentation's crop counts don't suit the method."""
@@ -123,6 +130,9 @@ class SSLMethod(L.LightningModule):
 
     def wd_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
+
+    def momentum_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
 
     def on_train_start(self) -> None:
         trainer = self.trainer

@@ -15,9 +15,8 @@ from torch import nn
 from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import ema_update, make_teacher
+from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import MLPHead
-from ssl_zoo.schedules import cosine_schedule
 
 
 class BYOL(SSLMethod):
@@ -34,15 +33,12 @@ class BYOL(SSLMethod):
         projector_hidden_dim: int = 4096,
         projector_out_dim: int = 256,
         predictor_hidden_dim: int = 4096,
-        momentum_teacher: float = 0.996,
         **optim: Any,
     ) -> None:
         super().__init__(backbone, **optim)
-        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
         for key, value in (("projector_hidden_dim", projector_hidden_dim), ("projector_out_dim", projector_out_dim),
                            ("predictor_hidden_dim", predictor_hidden_dim)):
             _check(key, value >= 1, value, ">= 1")
-        self.momentum_teacher = momentum_teacher
         projector = MLPHead(backbone.embed_dim, projector_hidden_dim, projector_out_dim)
         self.student = nn.ModuleDict({"backbone": backbone, "projector": projector})
         self.predictor = MLPHead(projector_out_dim, predictor_hidden_dim, projector_out_dim)
@@ -55,9 +51,6 @@ class BYOL(SSLMethod):
                 f"augmentation.transform.n_local=0 (got {n_global} and {n_local})"
             )
 
-    def momentum_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
-
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         views = batch["global_crops"]  # (2B, C, H, W): [view 1; view 2]
         with torch.no_grad():
@@ -67,6 +60,3 @@ class BYOL(SSLMethod):
         z1, z2 = targets.chunk(2)
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         return loss, {"byol_loss": loss.detach(), "teacher_momentum": self.momentum_at(step)}
-
-    def update_teacher(self, step: int) -> None:
-        ema_update(self.teacher, self.student, self.momentum_at(step))

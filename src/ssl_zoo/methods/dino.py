@@ -16,9 +16,9 @@ from torch import nn
 from ssl_zoo.losses import build_teacher_targets, dino_loss
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import ema_update, make_teacher
+from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.schedules import cosine_schedule, linear_warmup
+from ssl_zoo.schedules import linear_warmup
 
 
 class DINO(SSLMethod):
@@ -52,7 +52,6 @@ class DINO(SSLMethod):
         warmup_teacher_temp_epochs: float = 0.0,
         teacher_targets: str = "centering",
         center_momentum: float = 0.9,
-        momentum_teacher: float = 0.996,
         **optim: Any,
     ) -> None:
         super().__init__(backbone, **optim)
@@ -61,12 +60,10 @@ class DINO(SSLMethod):
         _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
         _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
-        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.momentum_teacher = momentum_teacher
         head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})
         self.teacher = make_teacher(self.student)
@@ -83,9 +80,6 @@ class DINO(SSLMethod):
     def teacher_temp_at(self, step: int) -> float:
         warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
         return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
-
-    def momentum_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]
@@ -109,6 +103,3 @@ class DINO(SSLMethod):
         self.targets.update(teacher_logits)
         logs = {"dino_loss": loss.detach(), "teacher_temp": teacher_temp, "teacher_momentum": self.momentum_at(step)}
         return loss, logs
-
-    def update_teacher(self, step: int) -> None:
-        ema_update(self.teacher, self.student, self.momentum_at(step))

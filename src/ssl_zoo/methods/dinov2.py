@@ -18,9 +18,9 @@ from torch import nn
 from ssl_zoo.losses import build_teacher_targets, dinov2_objective
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import ema_update, make_teacher
+from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.schedules import cosine_schedule, linear_warmup
+from ssl_zoo.schedules import linear_warmup
 
 
 class DINOv2(SSLMethod):
@@ -30,11 +30,11 @@ class DINOv2(SSLMethod):
         out_dim, ibot_out_dim: prototypes of the DINO and iBOT heads (65536 each in the
             reference; smaller here for small data).
         hidden_dim, bottleneck_dim, head_layers: both heads (2048, 256, 3).
-        separate_ibot_head: a second head for patches (True in the reference) or one
-            shared head for CLS and patch tokens (iBOT's original choice).
+        separate_ibot_head: a second head for patches, or one
+            shared head for CLS and patch tokens (the reference default, ibot.separate_head false).
         student_temp: 0.1. teacher_temp / warmup_teacher_temp /
             warmup_teacher_temp_epochs: 0.07 / 0.04 / 30.
-        teacher_targets: ``sinkhorn_knopp`` (the reference's choice) or ``centering``.
+        teacher_targets: ``centering`` (the reference default) or ``sinkhorn_knopp``.
         center_momentum: 0.9; sinkhorn_iterations: 3.
         dino_weight, ibot_weight, koleo_weight: 1.0, 1.0, 0.1.
         momentum_teacher: 0.992 (cosine to 1).
@@ -50,18 +50,17 @@ class DINOv2(SSLMethod):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         head_layers: int = 3,
-        separate_ibot_head: bool = True,
+        separate_ibot_head: bool = False,
         student_temp: float = 0.1,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
         warmup_teacher_temp_epochs: float = 30.0,
-        teacher_targets: str = "sinkhorn_knopp",
+        teacher_targets: str = "centering",
         center_momentum: float = 0.9,
         sinkhorn_iterations: int = 3,
         dino_weight: float = 1.0,
         ibot_weight: float = 1.0,
         koleo_weight: float = 0.1,
-        momentum_teacher: float = 0.992,
         **optim: Any,
     ) -> None:
         super().__init__(backbone, **optim)
@@ -70,7 +69,6 @@ class DINOv2(SSLMethod):
         _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
         _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
-        _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
         _check("sinkhorn_iterations", sinkhorn_iterations >= 1, sinkhorn_iterations, ">= 1")
         _check("dino_weight", dino_weight > 0, dino_weight, "> 0 (the CLS term is DINOv2's core)")
         _check("ibot_weight", ibot_weight >= 0, ibot_weight, ">= 0 (0 disables the iBOT term)")
@@ -86,7 +84,6 @@ class DINOv2(SSLMethod):
         self.warmup_teacher_temp = warmup_teacher_temp
         self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.weights = {"dino_weight": dino_weight, "ibot_weight": ibot_weight, "koleo_weight": koleo_weight}
-        self.momentum_teacher = momentum_teacher
         modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers)}
         if separate_ibot_head:
             modules["ibot_head"] = DINOHead(backbone.embed_dim, ibot_out_dim, hidden_dim, bottleneck_dim, head_layers)
@@ -107,9 +104,6 @@ class DINOv2(SSLMethod):
     def teacher_temp_at(self, step: int) -> float:
         warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
         return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
-
-    def momentum_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
 
     @staticmethod
     def _heads(net: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +151,3 @@ class DINOv2(SSLMethod):
         logs.update(teacher_temp=teacher_temp, teacher_momentum=self.momentum_at(step),
                     masked_patch_fraction=masks.float().mean())
         return terms["total"], logs
-
-    def update_teacher(self, step: int) -> None:
-        ema_update(self.teacher, self.student, self.momentum_at(step))
