@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py $(ARGS)
+	$(BIN)/python benchmarks/train_step.py $(ARGS)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py $(ARGS)

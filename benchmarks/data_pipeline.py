@@ -91,6 +91,8 @@ def recipe(method: str):
     from ssl_zoo.cli import CONFIG_DIR
 
     overrides = [f"method={method}", "data.image_size=224", "data.local_image_size=96"]
+    if method in ("dino", "dinov2"):  # the papers' 8 local crops (CPU presets may use fewer)
+        overrides.append("augmentation.transform.n_local=8")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     return cfg.augmentation.transform, cfg.augmentation.get("masking")

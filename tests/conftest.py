@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from ssl_zoo.cli import CONFIG_DIR
+from ssl_zoo.config import compose_config  # noqa: F401  (re-exported for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SSL_ZOO_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -29,17 +27,6 @@ TINY_DATA = [
 ]
 TINY_VIT = ["backbone=vit_tiny", "backbone.depth=2", "+backbone.embed_dim=64", "+backbone.num_heads=2"]
 TINY_HEAD = ["method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64"]
-
-
-def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
-    """The config `ssl-zoo train <overrides>` would run with, run dir set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+from ssl_zoo.config import CONFIG_DIR
 
 USAGE = """usage: ssl-zoo <command> [args]
 

@@ -58,16 +58,22 @@ def test_jitter_ops_match_torchvision(images, factors):
     ):
         ours = images.clone()
         op(ours, torch.tensor(factors), ws)  # one factor per view, in one batch
-        for view, image, factor in zip(ours, images, factors, strict=True):
+        for i, (view, image, factor) in enumerate(zip(ours, images, factors, strict=True)):
             torch.testing.assert_close(view, reference(image, factor), atol=2e-6, rtol=0)
+            single = images[i : i + 1].clone()
+            op(single, float(factor), ws)  # one view, a Python factor
+            torch.testing.assert_close(single[0], view, atol=2e-6, rtol=0)
 
 
 @pytest.mark.parametrize("factors", [(-0.5, -0.1, -0.013), (0.0, 0.05, 0.1), (0.37, 0.5, -0.25)])
 def test_hue_matches_torchvision(images, factors):
-    ours = images.clone()
-    fast._hue_(ours, torch.tensor(factors), fast.Workspace(40, 3))
-    for view, image, factor in zip(ours, images, factors, strict=True):
+    ours, ws = images.clone(), fast.Workspace(40, 3)
+    fast._hue_(ours, torch.tensor(factors), ws)
+    for i, (view, image, factor) in enumerate(zip(ours, images, factors, strict=True)):
         torch.testing.assert_close(view, F.adjust_hue(image, factor), atol=2e-5, rtol=0)
+        single = images[i : i + 1].clone()
+        fast._hue_(single, float(factor), ws)
+        torch.testing.assert_close(single[0], view, atol=1e-6, rtol=0)
 
 
 def test_grayscale_solarize_blur_match_torchvision(images):

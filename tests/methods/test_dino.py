@@ -76,7 +76,8 @@ def test_ema_follows_optimizer_steps_not_batches_under_accumulation(compose_cfg)
 
 def test_schedules_are_functions_of_the_optimizer_step(compose_cfg):
     method = _parts(compose_cfg, ["method.warmup_teacher_temp=0.02", "method.teacher_temp=0.06",
-                                  "method.warmup_teacher_temp_epochs=2", "method.warmup_epochs=1"])["method"]
+                                  "method.warmup_teacher_temp_epochs=2", "method.warmup_epochs=1",
+                                  "method.momentum_teacher=0.996", "method.freeze_last_layer_epochs=1"])["method"]
     method.setup_schedules(total_steps=100, steps_per_epoch=10, global_batch_size=256)
     assert method.teacher_temp_at(0) == pytest.approx(0.02)
     assert method.teacher_temp_at(19) == pytest.approx(0.06)

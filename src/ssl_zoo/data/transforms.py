@@ -225,22 +225,34 @@ def _step_(t: torch.Tensor) -> torch.Tensor:
     return torch.add(_ONE, t, alpha=1e30, out=t).clamp_(0.0, 1.0)
 
 
-def _brightness_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
-    x.mul_(factors.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+# A factor is a (k,) tensor, or a float for one view: Python numbers ride on ``alpha``
+# or on float-typed ops, which saves the small tensor ops of broadcasting a factor.
 
 
-def _contrast_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
-    mean = torch.mv(x.mean(dim=(2, 3)), _GRAY_VECTOR)  # mean of the grayscale image
-    x.mul_(factors.view(-1, 1, 1, 1)).add_((mean * (1.0 - factors)).view(-1, 1, 1, 1))
+def _brightness_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
+    if isinstance(factors, float):
+        torch.add(_ZERO, x, alpha=factors, out=x)
+    else:
+        x.mul_(factors.view(-1, 1, 1, 1))
     x.clamp_(0.0, 1.0)
 
 
-def _saturation_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
+def _contrast_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
+    mean = torch.mv(x.mean(dim=(2, 3)), _GRAY_VECTOR)  # mean of the grayscale image
+    if isinstance(factors, float):
+        torch.add(_ZERO, x, alpha=factors, out=x).add_(_ONE, alpha=float(mean) * (1.0 - factors))
+    else:
+        x.mul_(factors.view(-1, 1, 1, 1)).add_((mean * (1.0 - factors)).view(-1, 1, 1, 1))
+    x.clamp_(0.0, 1.0)
+
+
+def _saturation_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
     gray = _grayscale(x, ws).expand_as(x)
-    torch.lerp(gray, x, factors.view(-1, 1, 1, 1), out=x).clamp_(0.0, 1.0)
+    weight = factors if isinstance(factors, float) else factors.view(-1, 1, 1, 1)
+    torch.lerp(gray, x, weight, out=x).clamp_(0.0, 1.0)
 
 
-def _hue_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
+def _hue_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
     """Rotate the HSV hue of (k, 3, H, W) images by ``factors`` turns, in place.
 
     Same result as torchvision's rgb -> hsv -> rgb round trip, without building HSV:
@@ -263,7 +275,10 @@ def _hue_(x: torch.Tensor, factors: torch.Tensor, ws: Workspace) -> None:
     torch.sub(b, r, out=tmp2).add_(chroma, alpha=2.0).sub_(hue)
     hue.addcmul_(is_r, tmp).addcmul_(is_g, tmp2)
     hue.div_(torch.clamp(chroma, min=1e-12, out=tmp))
-    hue.add_((6.0 * factors + 6.0).view(-1, 1, 1))  # H6 in [-1, 5] -> [2, 14)
+    if isinstance(factors, float):  # H6 in [-1, 5] -> [2, 14)
+        hue.add_(_ONE, alpha=6.0 * factors + 6.0)
+    else:
+        hue.add_((6.0 * factors + 6.0).view(-1, 1, 1))
     hue.sub_(torch.add(_ZERO, hue, alpha=1.0 / 6.0, out=tmp).floor_(), alpha=6.0)  # mod 6
     torch.sub(hue.unsqueeze(1), _HUE_CENTRES, out=dist).abs_()
     torch.sub(_TWO, dist, out=other)
@@ -564,7 +579,6 @@ class MultiCropTransform:
                 (h, (-h, h)),
             )
         )
-        self._jitter_bounds = [bounds or (0.0, 0.0) for bounds in self._jitter_ranges]
         self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         self._workspaces: dict[tuple[int, int], Workspace] = {}
         self._inv_std = 1.0 / torch.tensor(self.std).view(1, 3, 1, 1)
@@ -645,12 +659,10 @@ class MultiCropTransform:
             if coins[i][1] >= self.color_jitter_p:
                 continue
             view = x[i : i + 1]
-            factors = torch.tensor(
-                [lo + (hi - lo) * coins[i][6 + op] for op, (lo, hi) in enumerate(self._jitter_bounds)]
-            )
             for op in order[i]:
                 if self._jitter_ranges[op] is not None:
-                    _JITTER_OPS[op](view, factors[op : op + 1], ws)
+                    lo, hi = self._jitter_ranges[op]
+                    _JITTER_OPS[op](view, lo + (hi - lo) * coins[i][6 + op], ws)
         gray = [i for i in range(n) if coins[i][2] < self.grayscale_p]
         if gray:
             _on_views(x, gray, lambda v: _to_gray_(v, ws))

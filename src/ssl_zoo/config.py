@@ -1,0 +1,24 @@
+"""Compose the train config outside the CLI (tests, benchmarks, notebooks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+
+def compose_config(overrides: list[str], run_dir: Path | str) -> DictConfig:
+    """The config `ssl-zoo train <overrides>` would run with, its run dir set to run_dir
+    (so `${hydra:runtime.output_dir}` resolves)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
