@@ -81,7 +81,7 @@ def test_unknown_command_is_an_error():
 
 def test_fast_dev_run_of_the_default_composition(tmp_path):
     """The config `ssl-zoo train` uses, unchanged except for size, through one batch."""
-    cfg = compose_config(["trainer.fast_dev_run=true", "logger=csv", *TINY_DATA], tmp_path)
+    cfg = compose_config(["+trainer.fast_dev_run=true", "logger=csv", *TINY_DATA], tmp_path)
     assert cfg.method._target_.endswith("DINO") and cfg.backbone.model_name == "resnet10t"
     parts = build_all(cfg)
     parts["trainer"].fit(parts["method"], datamodule=parts["datamodule"])

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_zoo.callbacks.knn import KNNEvaluator
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
+from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
 
 log = logging.getLogger("ssl_zoo")
@@ -114,6 +115,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     parts = build_all(cfg)
     trainer: L.Trainer = parts["trainer"]
     datamodule = parts["datamodule"]
+    check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

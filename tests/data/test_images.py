@@ -64,8 +64,8 @@ def rgb16_png(width: int, height: int) -> tuple[bytes, np.ndarray]:
 
 
 # Setup-time bad files (header, size, extension) and decode-time ones (data).
-BAD_AT_SETUP = {"empty.jpg", "notes.txt", "fake.png", "corrupt_header.jpg", "bomb.png", "bomb_warn.png"}
-BAD_AT_DECODE = {"truncated.jpg", "corrupt_data.jpg"}
+BAD_AT_SETUP = {"empty.jpg", "notes.txt", "fake.png", "corrupt_header.jpg", "bomb.png", "bomb_warn.png", "truncated.jpg"}
+BAD_AT_DECODE = {"corrupt_data.jpg"}  # complete file, broken data: found when decoded
 VALID_ODD = {"gray.png", "cmyk.jpg", "rgba.png", "palette.png", "gray16.png", "rgb16.png", "tiny.png"}
 
 
@@ -232,11 +232,11 @@ def test_raise_names_the_file_at_setup(bad_tree):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_raise_names_the_file_when_decoding_in_workers(tmp_path, num_workers):
     make_bad_tree(tmp_path)
-    for name in BAD_AT_SETUP | {"corrupt_data.jpg"}:
+    for name in BAD_AT_SETUP:
         (tmp_path / "a" / name).unlink()
     dataset = ImageFolder(tmp_path, transform=_same_size, on_bad_image="raise")
     loader = DataLoader(dataset, batch_size=4, num_workers=num_workers)
-    with pytest.raises(Exception, match=r"truncated\.jpg.*truncated"):
+    with pytest.raises(Exception, match=r"corrupt_data\.jpg.*cannot decode"):
         for _ in loader:
             pass
 
@@ -246,6 +246,7 @@ def test_without_header_checks_bad_files_are_found_when_decoded(bad_tree):
     dataset = ImageFolder(root, transform=_same_size, check_headers=False)
     # only the extension and empty files are known at setup
     assert {Path(n).name for n, _ in dataset.bad_images()} == {"notes.txt", "empty.jpg"}
+    assert len(dataset) == info["usable"] + len(info["bad"]) - 2
     _check_batches(DataLoader(dataset, batch_size=5), len(dataset))
     assert {Path(n).name for n, _ in dataset.bad_images()} == info["bad"]
 

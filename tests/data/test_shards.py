@@ -131,25 +131,25 @@ def test_url_expansion_and_errors(tree, tmp_path):
 def test_bad_images_in_shards_are_skipped_and_counted(tmp_path):
     make_bad_tree(tmp_path / "src")
     index = write_shards(str(tmp_path / "src"), str(tmp_path / "s"), shard_size=7, progress=False)
-    assert index["skipped_bad_images"] == 6  # the header kinds stay out of the shards
+    assert index["skipped_bad_images"] == 7  # the setup kinds stay out of the shards
     urls = str(tmp_path / "s" / "*.tar")
     dataset = ShardDataset(urls, transform=lambda x: x[:, :1, :1])
-    assert len(list(dataset)) == index["num_samples"] - 2  # one pass: every good sample once
+    assert len(list(dataset)) == index["num_samples"] - 1  # one pass: every good sample once
     report = dataset.bad_log.report()
-    assert report["count"] == 2  # truncated.jpg and corrupt_data.jpg, found when decoded
+    assert report["count"] == 1  # corrupt_data.jpg, found when decoded
     assert all(".tar:" in name for name in report["examples"])
     # in workers, with a quota per epoch: the batches stay full
     dataset = ShardDataset(urls, transform=lambda x: x[:, :1, :1])
     dataset.configure(batch_size=3, num_workers=2, rank=0, world_size=1)
     loader = DataLoader(dataset, batch_size=3, num_workers=2, drop_last=True)
-    assert sum(len(x) for x, _ in loader) == len(dataset) == 21
+    assert sum(len(x) for x, _ in loader) == len(dataset) == 18
 
     raising = ShardDataset(str(tmp_path / "s" / "*.tar"), on_bad_image="raise")
     with pytest.raises(DataError, match=r"\.tar:\d+\.jpg.*data.on_bad_image=raise"):
         list(raising)
 
 
-def test_verify_keeps_truncated_files_out(tmp_path):
+def test_verify_keeps_corrupt_files_out(tmp_path):
     make_bad_tree(tmp_path / "src")
     index = write_shards(str(tmp_path / "src"), str(tmp_path / "s"), verify=True, progress=False)
     assert index["skipped_bad_images"] == 8

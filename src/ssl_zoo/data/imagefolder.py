@@ -95,8 +95,8 @@ class ImageFolder(Dataset):
         on_bad_image: "skip" (default: drop and count bad files; a sample whose file
             fails to decode is replaced by another random one) or "raise".
         check_headers: open every file's header at construction (~0.1-0.2 ms per file) so
-            non-images, empty files and decompression bombs are dropped before
-            training; false only finds bad files when they are decoded.
+            non-images, empty and truncated files and decompression bombs are dropped
+            before training; false only finds bad files when they are decoded.
         config_key: the config key of ``root`` (for error messages).
 
     Attributes:

@@ -17,9 +17,11 @@
   e.g. ``MultiCropTransform.max_decode_reduction``; PIL draft mode).
 
 Bad files are found in two places. ``scan_files`` checks what is cheap before training
-(extension, size, header: format, size, mode, bomb limit; ~0.1-0.2 ms per file), so the
-obvious cases are dropped and counted at setup. Decode failures (truncated or corrupt
-data) only show up in the dataloader workers, which are separate processes: each
+(extension, size, header: format, size, mode, bomb limit, and whether a JPEG or PNG ends
+with its end-of-image marker, decoding it in full when not; ~0.1-0.2 ms per file), so
+empty, non-image, truncated and oversized files are dropped and counted at setup.
+Corrupt data inside a complete file only shows up when decoded, in the dataloader
+workers, which are separate processes: each
 dataset owns a :class:`BadImageLog`, a directory where every process appends
 "path<TAB>reason" lines, so the training process reads back the failures of every
 worker (and of every epoch) without shared memory or queues. The count is of distinct
@@ -117,11 +119,33 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
     return image
 
 
+_TAILS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}  # end-of-image markers
+
+
+def _tail(source: str | Path | bytes, length: int) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source[-length:])
+    with open(source, "rb") as f:
+        f.seek(max(0, os.path.getsize(source) - length))
+        return f.read()
+
+
 def check_header(source: str | Path | bytes, name: str | None = None) -> tuple[int, int]:
-    """(width, height) if the header looks like a usable image, else BadImageError."""
+    """(width, height) if the file looks like a usable image, else BadImageError.
+
+    Reads the header, and the last bytes of JPEG and PNG files: a file that does not end
+    with its end-of-image marker (truncated, or followed by extra data) is decoded in
+    full to decide, so truncated files are found here rather than during training.
+    """
     name = str(source) if name is None else name
     image = _open(source, name)
     try:
+        marker = _TAILS.get(image.format)
+        if marker is not None and _tail(source, len(marker)) != marker:
+            try:
+                image.load()
+            except Exception as err:  # noqa: BLE001 - decoders raise anything on broken data
+                raise BadImageError(name, f"cannot decode: {str(err) or type(err).__name__}") from None
         return image.size
     finally:
         image.close()
@@ -282,5 +306,5 @@ def warn_skipped(bad: Sequence[tuple[str, str]], where: str) -> None:
         f"{shown}{more}. They are counted in summary.json (bad_images); "
         f"data.on_bad_image=raise stops on them instead.",
         BadImageWarning,
-        stacklevel=3,
+        stacklevel=1,
     )
