@@ -88,7 +88,7 @@ def recipe(method: str):
     """(augmentation transform config, masking config) of a method, at 224 / 96 px."""
     from hydra import compose, initialize_config_dir
 
-    from ssl_zoo.cli import CONFIG_DIR
+    from ssl_zoo.config import CONFIG_DIR
 
     overrides = [f"method={method}", "data.image_size=224", "data.local_image_size=96"]
     if method in ("dino", "dinov2"):  # the papers' 8 local crops (CPU presets may use fewer)

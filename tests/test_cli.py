@@ -99,3 +99,14 @@ def test_multirun_of_all_three_methods(tmp_path):
     summaries = sorted(sweep.glob("*/summary.json"))
     methods = sorted(json.loads(p.read_text())["method"] for p in summaries)
     assert methods == ["BYOL", "DINO", "DINOv2"]
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """trainer=ddp_cpu: 2 gloo processes through the CLI (Lightning re-launches the Hydra app)."""
+    run_dir = tmp_path / "ddp"
+    result = run_cli(["train", "trainer=ddp_cpu", "trainer.max_steps=3", *FAST, "logger=csv", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["steps"] == 3
+    # each process extracted half of the kNN splits; the gathered bank is the whole split
+    assert "(128 queries, 256 in the bank" in result.stderr + result.stdout

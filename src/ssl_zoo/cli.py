@@ -10,12 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from ssl_zoo.config import CONFIG_DIR
-
 USAGE = """usage: ssl-zoo <command> [args]
 
 commands:
@@ -29,15 +23,6 @@ examples:
   ssl-zoo train --cfg job                         # print the composed config
   ssl-zoo data shard /data/photos /data/shards --shard-size 2000
 """
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _train_app(cfg: DictConfig) -> float | None:
-    from ssl_zoo.train import train
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = train(cfg, run_dir)
-    return summary["knn_top1_end"]
 
 
 def _data_parser() -> argparse.ArgumentParser:
@@ -105,8 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "train":
-        sys.argv = ["ssl-zoo train", *rest]
-        _train_app()
+        from ssl_zoo import train_app
+
+        # Lightning's DDP launcher re-runs `python <sys.argv[0]> <overrides>` per extra
+        # process, or `python -m <__main__ module>` when there is one: make both point at
+        # the train app, not at this dispatcher.
+        sys.argv = [train_app.__file__, *rest]
+        main_module = sys.modules.get("__main__")
+        if getattr(main_module, "__spec__", None) is not None:
+            main_module.__spec__ = None
+        train_app.main()
         return 0
     if command == "data":
         return _data(rest)

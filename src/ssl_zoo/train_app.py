@@ -1,0 +1,28 @@
+"""The Hydra app behind `ssl-zoo train`.
+
+A file of its own so that it can be re-run as a script: Lightning's DDP launcher starts
+each extra process as `python <sys.argv[0]> <overrides>`, and `ssl-zoo train` points
+sys.argv[0] here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from ssl_zoo.config import CONFIG_DIR
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from ssl_zoo.train import train
+
+    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return summary["knn_top1_end"]
+
+
+if __name__ == "__main__":
+    main()
