@@ -76,8 +76,7 @@ def test_dinov2_target_strategies_and_head_sharing(compose_cfg, targets, shared)
 def test_dinov2_layer_decay_and_patch_embed_multiplier_reach_the_optimizer(compose_cfg):
     method, _, _ = _method_and_batch(compose_cfg, TINY_DINOV2)
     optimizer = method.configure_optimizers()
-    multipliers = {name: g["lr_multiplier"] for g in optimizer.param_groups for name in []} or [
-        g["lr_multiplier"] for g in optimizer.param_groups]
+    multipliers = [g["lr_multiplier"] for g in optimizer.param_groups]
     assert min(multipliers) == pytest.approx(0.2 * 0.9**3)  # patch embedding: 0.2 x 0.9^(depth+1)
     assert max(multipliers) == 1.0
 
