@@ -18,7 +18,7 @@ from torch import nn
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import ema_update, set_teacher_mode
 from ssl_zoo.optim import build_optimizer, build_param_groups
-from ssl_zoo.schedules import cosine_schedule
+from ssl_zoo.schedules import cosine_schedule, linear_warmup
 
 
 class SSLMethod(L.LightningModule):
@@ -130,6 +130,24 @@ class SSLMethod(L.LightningModule):
 
     def wd_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
+
+    def set_temperatures(
+        self, student_temp: float, teacher_temp: float, warmup_teacher_temp: float, warmup_teacher_temp_epochs: float
+    ) -> None:
+        """Validate and keep the student / teacher temperatures of the DINO family."""
+        _check("student_temp", student_temp > 0, student_temp, "> 0")
+        _check("teacher_temp", teacher_temp > 0, teacher_temp, "> 0")
+        _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
+        _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+
+    def teacher_temp_at(self, step: int) -> float:
+        """Linear warm-up from warmup_teacher_temp to teacher_temp, then constant."""
+        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
+        return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
 
     def momentum_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)

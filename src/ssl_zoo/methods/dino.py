@@ -18,7 +18,6 @@ from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.schedules import linear_warmup
 
 
 class DINO(SSLMethod):
@@ -55,15 +54,8 @@ class DINO(SSLMethod):
         **optim: Any,
     ) -> None:
         super().__init__(backbone, **optim)
-        _check("student_temp", student_temp > 0, student_temp, "> 0")
-        _check("teacher_temp", teacher_temp > 0, teacher_temp, "> 0")
-        _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
-        _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
+        self.set_temperatures(student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs)
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})
         self.teacher = make_teacher(self.student)
@@ -76,10 +68,6 @@ class DINO(SSLMethod):
     @property
     def eval_backbone(self) -> nn.Module:
         return self.teacher["backbone"]  # DINO reports the teacher (Caron et al. 2021, sec. 3.1)
-
-    def teacher_temp_at(self, step: int) -> float:
-        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
-        return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]

@@ -20,7 +20,6 @@ from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.schedules import linear_warmup
 
 
 class DINOv2(SSLMethod):
@@ -64,10 +63,7 @@ class DINOv2(SSLMethod):
         **optim: Any,
     ) -> None:
         super().__init__(backbone, **optim)
-        _check("student_temp", student_temp > 0, student_temp, "> 0")
-        _check("teacher_temp", teacher_temp > 0, teacher_temp, "> 0")
-        _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
-        _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
+        self.set_temperatures(student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs)
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
         _check("sinkhorn_iterations", sinkhorn_iterations >= 1, sinkhorn_iterations, ">= 1")
         _check("dino_weight", dino_weight > 0, dino_weight, "> 0 (the CLS term is DINOv2's core)")
@@ -79,10 +75,6 @@ class DINOv2(SSLMethod):
                 "method.separate_ibot_head=false shares one head: make them equal"
             )
         backbone.enable_mask_token("dinov2")
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.weights = {"dino_weight": dino_weight, "ibot_weight": ibot_weight, "koleo_weight": koleo_weight}
         modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers)}
         if separate_ibot_head:
@@ -100,10 +92,6 @@ class DINOv2(SSLMethod):
     @property
     def eval_backbone(self) -> nn.Module:
         return self.teacher["backbone"]
-
-    def teacher_temp_at(self, step: int) -> float:
-        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
-        return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
 
     @staticmethod
     def _heads(net: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
