@@ -183,7 +183,7 @@ _HUE_CENTRES = torch.tensor([3.0, 5.0, 1.0]).view(1, 3, 1, 1)
 # (~4 us each on small views): constants are float tensors and scalars ride on ``alpha``.
 _ZERO = torch.tensor(0.0)
 _ONE = torch.tensor(1.0)
-_TWO = torch.tensor(2.0)
+_THREE = torch.tensor(3.0)
 _INV_255 = torch.tensor(1.0 / 255.0)
 
 
@@ -256,11 +256,13 @@ def _hue_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None
     """Rotate the HSV hue of (k, 3, H, W) images by ``factors`` turns, in place.
 
     Same result as torchvision's rgb -> hsv -> rgb round trip, without building HSV:
-    with V = max, C = max - min and the hue H6 in [0, 6), channel c is
-    V - C * clamp(max(2 - d, d - 4), 0, 1) where d = |H6 - p_c| and p = (3, 5, 1) for
-    (r, g, b) (the usual k = (n + H6) mod 6 formula, n = 5, 3, 1, folded).
+    with V = max, C = max - min and the hue H6 (in sixths of a turn), channel c is
+    V - C * clamp(||H6 - p_c| - 3| - 1, 0, 1) with p = (3, 5, 1) for (r, g, b) (the usual
+    k = (n + H6) mod 6 formula, n = 5, 3, 1, folded), which is periodic in H6 (period 6)
+    wherever |H6 - p_c| < 7. Here H6 starts in [-1, 5), so a rotation by less than a
+    sixth of a turn (torchvision's default range, |hue| <= 0.1) needs no ``mod 6``.
     """
-    planes, (dist, other) = ws.views(x.shape[0])
+    planes, (dist, _) = ws.views(x.shape[0])
     r, g, b = x.unbind(1)
     maxc, chroma, is_r, is_g, hue, tmp, tmp2 = planes
     torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
@@ -275,16 +277,20 @@ def _hue_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None
     torch.sub(b, r, out=tmp2).add_(chroma, alpha=2.0).sub_(hue)
     hue.addcmul_(is_r, tmp).addcmul_(is_g, tmp2)
     hue.div_(torch.clamp(chroma, min=1e-12, out=tmp))
-    if isinstance(factors, float):  # H6 in [-1, 5] -> [2, 14)
-        hue.add_(_ONE, alpha=6.0 * factors + 6.0)
+    if isinstance(factors, float):
+        hue.add_(_ONE, alpha=6.0 * factors)
+        wrap = abs(factors) >= 1.0 / 6.0
     else:
-        hue.add_((6.0 * factors + 6.0).view(-1, 1, 1))
-    hue.sub_(torch.add(_ZERO, hue, alpha=1.0 / 6.0, out=tmp).floor_(), alpha=6.0)  # mod 6
+        hue.add_((6.0 * factors).view(-1, 1, 1))
+        wrap = bool(factors.abs().max() >= 1.0 / 6.0)
+    if wrap:  # H6 in [-4, 8) -> [0, 6)
+        hue.add_(_ONE, alpha=6.0)
+        hue.sub_(torch.add(_ZERO, hue, alpha=1.0 / 6.0, out=tmp).floor_(), alpha=6.0)
+    # V - C * (clamp(t, 1, 2) - 1) = (V + C) - C * clamp(t, 1, 2), t = ||H6 - p| - 3|.
     torch.sub(hue.unsqueeze(1), _HUE_CENTRES, out=dist).abs_()
-    torch.sub(_TWO, dist, out=other)
-    torch.maximum(dist.sub_(_ONE, alpha=4.0), other, out=dist)
-    dist.clamp_(0.0, 1.0).mul_(chroma.unsqueeze(1))
-    torch.sub(maxc.unsqueeze(1), dist, out=x)
+    dist.sub_(_THREE).abs_().clamp_(1.0, 2.0)
+    torch.add(maxc, chroma, out=tmp)
+    torch.addcmul(tmp.unsqueeze(1), chroma.unsqueeze(1), dist, value=-1.0, out=x)
 
 
 def _solarize_(x: torch.Tensor, threshold: float, ws: Workspace) -> None:
