@@ -232,6 +232,8 @@ def _step_(t: torch.Tensor) -> torch.Tensor:
 def _brightness_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
     if isinstance(factors, float):
         torch.add(_ZERO, x, alpha=factors, out=x)
+        if factors <= 1.0:  # x * f <= x (rounding included): nothing to clamp
+            return
     else:
         x.mul_(factors.view(-1, 1, 1, 1))
     x.clamp_(0.0, 1.0)
@@ -239,8 +241,8 @@ def _brightness_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) 
 
 def _contrast_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
     mean = torch.mv(x.mean(dim=(2, 3)), _GRAY_VECTOR)  # mean of the grayscale image
-    if isinstance(factors, float):
-        torch.add(_ZERO, x, alpha=factors, out=x).add_(_ONE, alpha=float(mean) * (1.0 - factors))
+    if isinstance(factors, float):  # f x + (1 - f) mean in one pass
+        torch.add(mean.mul_(1.0 - factors), x, alpha=factors, out=x)
     else:
         x.mul_(factors.view(-1, 1, 1, 1)).add_((mean * (1.0 - factors)).view(-1, 1, 1, 1))
     x.clamp_(0.0, 1.0)
@@ -304,55 +306,71 @@ def _to_gray_(x: torch.Tensor, ws: Workspace) -> None:
     x.copy_(_grayscale(x, ws).expand_as(x))
 
 
-def _on_views(x: torch.Tensor, views: Sequence[int], fn: Callable[[torch.Tensor], None]) -> None:
-    """fn on the stack of x's views ``views`` (sorted), in place: a slice when they are
-    consecutive, else gathered and written back."""
-    if views[-1] - views[0] == len(views) - 1:
-        fn(x[views[0] : views[-1] + 1])
-        return
-    index = torch.tensor(views)
-    subset = x.index_select(0, index)
-    fn(subset)
-    x.index_copy_(0, index, subset)
+def _on_views(
+    x: torch.Tensor, views: Sequence[int], fn: Callable[[torch.Tensor, slice], None]
+) -> None:
+    """fn(x[a:b], positions) in place for each run a..b-1 of consecutive indices in
+    ``views`` (sorted); ``positions`` is the slice of ``views`` that the run covers. The
+    ops act on each view alone, so a few calls on slices beat gathering the views and
+    writing them back (two copies)."""
+    start = 0
+    for end in range(1, len(views) + 1):
+        if end == len(views) or views[end] != views[end - 1] + 1:
+            fn(x[views[start] : views[end - 1] + 1], slice(start, end))
+            start = end
 
 
 _JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue_)
 
-_CORNER_TAPS: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_CORNERS: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _corner_taps(size: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tap indices of the reflected taps in the top-left and bottom-right (r + 1)^2
-    corners of the band (kernel_size = no tap), flat, cached. A tap t of output j reads
-    p = j + t - r; off the left edge it reads i = -p (i >= 1), off the right edge
-    i = 2 (size - 1) - p (i <= size - 2)."""
+    """(positions, columns): the reflected taps of a band, cached. A tap t of output j
+    reads p = j + t - r; off the left edge it reads i = -p (i >= 1), off the right edge
+    i = 2 (size - 1) - p (i <= size - 2). ``positions`` are the flat indices i * size + j
+    of those entries, ``columns`` the columns of their weights in the padded tap line of
+    ``blur_bands`` (tap t sits at column size - 1 - r + t)."""
     key = (size, kernel_size)
-    if key not in _CORNER_TAPS:
+    if key not in _CORNERS:
         radius = kernel_size // 2
-        k = torch.arange(radius + 1)
-        i, j = k[:, None], k[None, :]
-        top = radius - i - j  # i, j counted from the top-left
-        top = torch.where((i >= 1) & (top >= 0), top, kernel_size)
-        i, j = size - 1 - radius + i, size - 1 - radius + k[None, :]
-        bottom = 2 * (size - 1) - i - j + radius
-        bottom = torch.where((i <= size - 2) & (bottom < kernel_size), bottom, kernel_size)
-        _CORNER_TAPS[key] = (top.reshape(-1), bottom.reshape(-1))
-    return _CORNER_TAPS[key]
+        positions, columns = [], []
+        for j in range(radius):
+            for t in range(kernel_size):
+                p = j + t - radius
+                if p < 0:  # left edge; the right edge mirrors it
+                    for i, jj, tt in ((-p, j, t), (size - 1 + p, size - 1 - j, kernel_size - 1 - t)):
+                        positions.append(i * size + jj)
+                        columns.append(size - 1 - radius + tt)
+        _CORNERS[key] = (torch.tensor(positions), torch.tensor(columns))
+    return _CORNERS[key]
 
 
-def blur_bands(size: int, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
-    """(N, size, size) band matrices B, one per sigma, such that ``row @ B`` is the 1-D
-    Gaussian blur of a row with torchvision's kernel (kernel_size taps) and its reflect
-    padding folded in: B[i, j] is the weight of source pixel i in output pixel j."""
+def blur_taps(kernel_size: int, sigma: Sequence[float]) -> tuple[list[list[float]], list[int]]:
+    """Normalised Gaussian taps per sigma (torchvision's kernel) and, per sigma, the
+    radius beyond which its taps are 0. Far taps of a narrow kernel are tiny: their
+    products would be denormal floats, ~10x slower on x86; below 1e-10 a weight changes
+    nothing, so they are zeroed, and the blur skips them (sigma 0.5 needs 3 of 11)."""
     radius = kernel_size // 2
-    rows = []
+    rows, radii = [], []
     for s in sigma:
         w = [math.exp(-0.5 * ((t - radius) / s) ** 2) for t in range(kernel_size)]
         total = sum(w)
-        # Far taps of a narrow kernel are tiny: their products in the second pass would
-        # be denormal floats, ~10x slower on x86. Below 1e-10 a weight changes nothing.
         rows.append([v / total if v / total >= 1e-10 else 0.0 for v in w])
-    weights = torch.tensor(rows)  # (N, kernel_size), symmetric
+        radii.append(max(abs(t - radius) for t, v in enumerate(rows[-1]) if v > 0.0))
+    return rows, radii
+
+
+def blur_bands(
+    size: int, kernel_size: int, sigma: Sequence[float]
+) -> tuple[torch.Tensor, list[int]]:
+    """(N, size, size) band matrices B, one per sigma, such that ``row @ B`` is the 1-D
+    Gaussian blur of a row with torchvision's kernel (kernel_size taps) and its reflect
+    padding folded in: B[i, j] is the weight of source pixel i in output pixel j; and
+    their radii (``blur_taps``)."""
+    radius = kernel_size // 2
+    taps, radii = blur_taps(kernel_size, sigma)
+    weights = torch.tensor(taps)  # (N, kernel_size), symmetric
     n = weights.shape[0]
     if radius >= size - 1:  # reflections of reflections (tiny crops): by hand
         band = torch.zeros(n, size, size)
@@ -362,28 +380,26 @@ def blur_bands(size: int, kernel_size: int, sigma: Sequence[float]) -> torch.Ten
                 i = (j + t - radius) % period
                 i = period - i if i >= size else i
                 band[:, i, j] += weights[:, t]
-        return band
-    # Direct taps: a Toeplitz matrix, B[i, j] = w[radius + j - i], from a Hankel view.
+        return band, [radius] * n
+    # Direct taps: a Toeplitz matrix, B[i, j] = w[radius + j - i], from a Hankel view of
+    # one zero-padded line; the reflected taps are added at their cached positions.
     line = torch.zeros(n, 2 * size - 1)
     line[:, size - 1 - radius : size + radius] = weights
     band = line.unfold(1, size, 1).flip(1)
-    top, bottom = _corner_taps(size, kernel_size)
-    padded = torch.cat([weights, torch.zeros(n, 1)], dim=1)  # index kernel_size: no tap
-    corner = radius + 1
-    band[:, :corner, :corner] += padded.index_select(1, top).view(n, corner, corner)
-    band[:, -corner:, -corner:] += padded.index_select(1, bottom).view(n, corner, corner)
-    return band
+    positions, columns = _corner_taps(size, kernel_size)
+    band.view(n, -1).index_add_(1, positions, line.index_select(1, columns))
+    return band, radii
 
 
 _BLUR_BLOCK = 56  # column block of the banded products (views of >= 3 blocks)
 
 
-def _blur_(x: torch.Tensor, bands: torch.Tensor, radius: int, ws: Workspace) -> None:
+def _blur_(x: torch.Tensor, bands: torch.Tensor, radii: Sequence[int], ws: Workspace) -> None:
     """Separable blur of (k, 3, S, S) images in place, bands (k, S, S): rows, then columns.
 
-    The band matrix is zero beyond ``radius`` of its diagonal, so large views multiply
-    only the blocks that hold it (~3x fewer flops at 224 px); small views use one dense
-    product per pass for all k, which is faster there.
+    Band i is zero beyond ``radii[i]`` of its diagonal, so large views multiply only the
+    blocks that hold it (~3x fewer flops at 224 px, more for narrow kernels); small views
+    use one dense product per pass for all k, which is faster there.
     """
     k, _, size, _ = x.shape
     if size < 3 * _BLUR_BLOCK:
@@ -391,17 +407,16 @@ def _blur_(x: torch.Tensor, bands: torch.Tensor, radius: int, ws: Workspace) -> 
         torch.bmm(x.view(k, 3 * size, size), bands, out=rows.view(k, 3 * size, size))
         torch.matmul(bands.transpose(1, 2).unsqueeze(1), rows, out=x)
         return
-    for view, band in zip(x, bands, strict=True):
+    blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
+    rows_t = ws.full[0][0].view(size, 3 * size)  # rows pass, transposed
+    for view, band, radius in zip(x, bands, radii, strict=True):
         flat = view.view(3 * size, size)
-        rows_t = ws.full[0][0].view(size, 3 * size)  # rows pass, transposed
-        blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
-        for c0, c1 in blocks:
-            i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
+        spans = [(max(0, c0 - radius), min(size, c1 + radius), c0, c1) for c0, c1 in blocks]
+        for i0, i1, c0, c1 in spans:
             torch.mm(band[i0:i1, c0:c1].t(), flat[:, i0:i1].t(), out=rows_t[c0:c1])
         for channel in range(3):
             offset = channel * size
-            for c0, c1 in blocks:
-                i0, i1 = max(0, c0 - radius), min(size, c1 + radius)
+            for i0, i1, c0, c1 in spans:
                 rows = rows_t[:, offset + i0 : offset + i1].t()
                 torch.mm(band[i0:i1, c0:c1].t(), rows, out=view[channel, c0:c1])
 
@@ -411,8 +426,9 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: Sequence[float]) -> 
     torchvision's gaussian_blur (reflect padding, kernel_size taps)."""
     if x.shape[-1] != x.shape[-2] or x.shape[-3] != 3:
         raise ValueError(f"gaussian_blur expects (N, 3, S, S) images, got {tuple(x.shape)}")
-    out = x.clone()
-    _blur_(out, blur_bands(x.shape[-1], kernel_size, sigma), kernel_size // 2, Workspace(x.shape[-1], x.shape[0]))
+    size, out = x.shape[-1], x.clone()
+    bands, radii = blur_bands(size, kernel_size, sigma)
+    _blur_(out, bands, radii, Workspace(size, x.shape[0]))
     return out
 
 
@@ -646,8 +662,8 @@ class MultiCropTransform:
         # gray, blur, sigma, solarise coins, four jitter factors and four keys whose
         # argsort is the order of the jitter ops.
         draws = torch.rand(n, BOX_DRAWS + 14, dtype=torch.float64)
-        order = draws[:, -4:].argsort(dim=1).tolist()
         draws = draws.tolist()
+        order = [sorted(range(4), key=d[-4:].__getitem__) for d in draws]
 
         x = torch.empty(n, 3, size, size)
         for i, d in enumerate(draws):
@@ -671,16 +687,17 @@ class MultiCropTransform:
                     _JITTER_OPS[op](view, lo + (hi - lo) * coins[i][6 + op], ws)
         gray = [i for i in range(n) if coins[i][2] < self.grayscale_p]
         if gray:
-            _on_views(x, gray, lambda v: _to_gray_(v, ws))
+            _on_views(x, gray, lambda v, _: _to_gray_(v, ws))
         blurred = [i for i in range(n) if coins[i][3] < blur_p[i]]
         if blurred:
             lo, hi = self.blur_sigma
             kernel = blur_kernel_size(size)
-            bands = blur_bands(size, kernel, [lo + (hi - lo) * coins[i][4] for i in blurred])
-            _on_views(x, blurred, lambda v: _blur_(v, bands, kernel // 2, ws))
+            sigma = [lo + (hi - lo) * coins[i][4] for i in blurred]
+            bands, radii = blur_bands(size, kernel, sigma)
+            _on_views(x, blurred, lambda v, at: _blur_(v, bands[at], radii[at], ws))
         solarized = [i for i in range(n) if coins[i][5] < solarize_p[i]]
         if solarized:  # RandomSolarize(threshold=128) on uint8
-            _on_views(x, solarized, lambda v: _solarize_(v, 128 / 255, ws))
+            _on_views(x, solarized, lambda v, _: _solarize_(v, 128 / 255, ws))
         return x.sub_(self._mean).mul_(self._inv_std)
 
 
