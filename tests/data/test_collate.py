@@ -5,25 +5,9 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.masking import BlockMaskGenerator
 from ssl_zoo.data.transforms import MultiCropTransform
+from tests.data.conftest import IDENTITY, NO_AUGMENT
 
-NO_AUGMENT = {
-    "flip_p": 0.0,
-    "color_jitter_p": 0.0,
-    "grayscale_p": 0.0,
-    "global_blur_p": 0.0,
-    "local_blur_p": 0.0,
-    "local_solarize_p": 0.0,
-    "mean": (0.0, 0.0, 0.0),
-    "std": (1.0, 1.0, 1.0),
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class IndexColoured(Dataset):
@@ -41,8 +25,8 @@ class IndexColoured(Dataset):
             local_size=8,
             n_global=2,
             n_local=n_local,
-            global_solarize_p=(0.0, 1.0),
-            **NO_AUGMENT,
+            **{**NO_AUGMENT, "global_solarize_p": (0.0, 1.0)},
+            **IDENTITY,
         )
 
     def __len__(self):

@@ -16,26 +16,9 @@ from torchvision.transforms.v2 import functional as F
 from ssl_zoo.data import transforms as fast
 from ssl_zoo.data.images import load_image
 from ssl_zoo.data.transforms import EvalTransform, MultiCropTransform, min_crop_side
+from tests.data.conftest import IDENTITY, NO_AUGMENT
 
-NO_AUGMENT = {
-    "flip_p": 0.0,
-    "color_jitter_p": 0.0,
-    "grayscale_p": 0.0,
-    "global_blur_p": 0.0,
-    "local_blur_p": 0.0,
-    "global_solarize_p": 0.0,
-    "local_solarize_p": 0.0,
-    "mean": (0.0, 0.0, 0.0),
-    "std": (1.0, 1.0, 1.0),
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -90,7 +73,9 @@ def test_grayscale_solarize_blur_match_torchvision(images):
         for sigma in (0.1, 0.8, 2.0):
             ours = fast.gaussian_blur(x, kernel, [sigma, sigma])
             if kernel // 2 < size:  # torchvision pads once
-                expected = torch.stack([F.gaussian_blur(v, [kernel, kernel], [sigma, sigma]) for v in x])
+                expected = torch.stack(
+                    [F.gaussian_blur(v, [kernel, kernel], [sigma, sigma]) for v in x]
+                )
             else:  # pads wider than the image: numpy's repeated reflection
                 expected = torch.from_numpy(_numpy_blur(x.numpy(), kernel, sigma))
             torch.testing.assert_close(ours, expected, atol=3e-6, rtol=0)
@@ -152,7 +137,14 @@ def box_stats(crop: torch.Tensor) -> tuple[float, float]:
 def ks_statistic(a, b) -> float:
     a, b = np.sort(a), np.sort(b)
     grid = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))))
+    return float(
+        np.max(
+            np.abs(
+                np.searchsorted(a, grid, "right") / len(a)
+                - np.searchsorted(b, grid, "right") / len(b)
+            )
+        )
+    )
 
 
 def test_fast_path_crop_statistics_match_the_straightforward_pipeline(tmp_path):
@@ -161,7 +153,7 @@ def test_fast_path_crop_statistics_match_the_straightforward_pipeline(tmp_path):
     kinds = {"global": (64, (0.4, 1.0)), "local": (32, (0.05, 0.4))}
     transform = MultiCropTransform(
         global_size=64, local_size=32, n_global=2, n_local=4,
-        global_scale=kinds["global"][1], local_scale=kinds["local"][1], **NO_AUGMENT,
+        global_scale=kinds["global"][1], local_scale=kinds["local"][1], **NO_AUGMENT, **IDENTITY,
     )  # fmt: skip
     assert transform.max_decode_reduction(768, 512) == 2
     assert load_image(path, reduction=transform.max_decode_reduction).shape == (3, 256, 384)
@@ -177,8 +169,12 @@ def test_fast_path_crop_statistics_match_the_straightforward_pipeline(tmp_path):
         ours["global"] += [box_stats(c) for c in out["global_crops"]]
         ours["local"] += [box_stats(c) for c in out["local_crops"]]
         image = Image.open(path).convert("RGB")  # full decode, PIL, torchvision v1
-        theirs["global"] += [box_stats(T.functional.pil_to_tensor(reference["global"](image))) for _ in range(2)]
-        theirs["local"] += [box_stats(T.functional.pil_to_tensor(reference["local"](image))) for _ in range(4)]
+        theirs["global"] += [
+            box_stats(T.functional.pil_to_tensor(reference["global"](image))) for _ in range(2)
+        ]
+        theirs["local"] += [
+            box_stats(T.functional.pil_to_tensor(reference["local"](image))) for _ in range(4)
+        ]
     for kind, (_, (low, high)) in kinds.items():
         area_ours, aspect_ours = np.array(ours[kind]).T
         area_ref, aspect_ref = np.array(theirs[kind]).T
