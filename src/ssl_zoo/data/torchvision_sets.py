@@ -32,7 +32,14 @@ def _missing(name: str, root: str, expected: str, url: str, config: str, cause: 
 
 
 def _build(
-    factory: Callable, name: str, root: str, folder: str, expected: str, url: str, config: str, download: bool
+    factory: Callable,
+    name: str,
+    root: str,
+    folder: str,
+    expected: str,
+    url: str,
+    config: str,
+    download: bool,
 ):
     root = os.path.abspath(os.path.expanduser(str(root)))
     try:
@@ -42,14 +49,36 @@ def _build(
             if os.path.isdir(os.path.join(root, folder)):
                 cause = f"{folder}/ is there but incomplete or corrupted (checksum mismatch)"
             else:
-                cause = "data.download=false" if not download else f"still missing after the download: {err}"
+                cause = (
+                    "data.download=false"
+                    if not download
+                    else f"still missing after the download: {err}"
+                )
             raise _missing(name, root, expected, url, config, cause) from None
         raise
     except OSError as err:  # urllib.error.URLError is an OSError: no network
         raise _missing(name, root, expected, url, config, f"the download failed: {err}") from None
 
 
-class CIFAR10(Dataset):
+class _ImageArrays(Dataset):
+    """(image, label) from a (N, 3, H, W) uint8 tensor and its labels: what CIFAR-10 and
+    STL-10 share once torchvision has read the archive."""
+
+    def __init__(self, images: torch.Tensor, labels, classes, transform: Callable | None) -> None:
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int):
+        image, label = self.images[index], int(self.labels[index])
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+class CIFAR10(_ImageArrays):
     """CIFAR-10 (Krizhevsky 2009): 50,000 train / 10,000 test images of 32 px, 10 classes.
 
     Args:
@@ -59,7 +88,13 @@ class CIFAR10(Dataset):
         transform: applied to the (3, 32, 32) uint8 image.
     """
 
-    def __init__(self, root: str, split: str = "train", download: bool = False, transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        download: bool = False,
+        transform: Callable | None = None,
+    ):
         if split not in ("train", "test"):
             raise DataError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
         from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
@@ -70,20 +105,11 @@ class CIFAR10(Dataset):
             "cifar-10-batches-py/ with data_batch_1..5 and test_batch (the extracted cifar-10-python.tar.gz)",
             CIFAR10_URL, "cifar10", download,
         )  # fmt: skip
-        self.images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 3, 32, 32), views
-        self.labels = torch.as_tensor(ds.targets, dtype=torch.int64)
-        self.classes = list(ds.classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        return (self.transform(image) if self.transform is not None else image), int(self.labels[index])
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # (N, 3, 32, 32), views
+        super().__init__(images, ds.targets, ds.classes, transform)
 
 
-class STL10(Dataset):
+class STL10(_ImageArrays):
     """STL-10 (Coates et al. 2011): 96 px, 10 classes; 5,000 labeled train, 8,000 test
     and 100,000 unlabeled images (label -1) for pretraining.
 
@@ -96,7 +122,13 @@ class STL10(Dataset):
 
     SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
 
-    def __init__(self, root: str, split: str = "train+unlabeled", download: bool = False, transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str,
+        split: str = "train+unlabeled",
+        download: bool = False,
+        transform: Callable | None = None,
+    ):
         if split not in self.SPLITS:
             raise DataError(f"STL-10 split must be one of {list(self.SPLITS)}, got {split!r}")
         from torchvision.datasets import STL10 as TorchvisionSTL10
@@ -108,14 +140,5 @@ class STL10(Dataset):
             "unlabeled_X.bin (the extracted stl10_binary.tar.gz)",
             STL10_URL, "stl10", download,
         )  # fmt: skip
-        self.images = torch.from_numpy(ds.data)  # (N, 3, 96, 96), rows already upright
-        self.labels = torch.as_tensor(ds.labels, dtype=torch.int64)
-        self.classes = list(ds.classes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        return (self.transform(image) if self.transform is not None else image), int(self.labels[index])
+        images = torch.from_numpy(ds.data)  # (N, 3, 96, 96), rows already upright
+        super().__init__(images, ds.labels, ds.classes, transform)
