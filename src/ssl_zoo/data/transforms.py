@@ -38,10 +38,12 @@ How it is fast (the distribution is torchvision's, op by op):
    ColorJitter), grayscale, blur and solarisation run batched over the views that draw
    them, and the stack is normalised once. The ops are written with in-place arithmetic
    into reused scratch memory (``Workspace``): comparisons, ``where`` and ``remainder``
-   are 5-20x slower than arithmetic on CPU, and fresh outputs cost cache misses. Hue
-   rotates HSV hue without building HSV (the formula is in ``_hue_``); the Gaussian
+   are 5-20x slower than arithmetic on CPU, and fresh outputs cost cache misses. The
+   batched ops run on the consecutive runs of the views that draw them (no gathering).
+   Hue rotates HSV hue without building HSV (the formula is in ``_hue_``); the Gaussian
    blur is separable, as two matrix products with the reflect padding folded into a
-   band matrix (only its diagonal blocks on large views). Unlike torchvision on uint8,
+   band matrix (only its diagonal blocks on large views, as wide as the view's nonzero
+   taps: sigma 0.5 has 7 of 23). Unlike torchvision on uint8,
    values are not rounded to 8 bits between ops (differences below 1/255 per op); tests
    check every op against torchvision's on float images.
 """
@@ -339,7 +341,10 @@ def _corner_taps(size: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tenso
             for t in range(kernel_size):
                 p = j + t - radius
                 if p < 0:  # left edge; the right edge mirrors it
-                    for i, jj, tt in ((-p, j, t), (size - 1 + p, size - 1 - j, kernel_size - 1 - t)):
+                    for i, jj, tt in (
+                        (-p, j, t),
+                        (size - 1 + p, size - 1 - j, kernel_size - 1 - t),
+                    ):
                         positions.append(i * size + jj)
                         columns.append(size - 1 - radius + tt)
         _CORNERS[key] = (torch.tensor(positions), torch.tensor(columns))
@@ -704,7 +709,9 @@ class MultiCropTransform:
 class _CropView:
     """One kind of view of a MultiCropTransform (the same pipeline, one crop)."""
 
-    def __init__(self, owner: MultiCropTransform, size: int, scale, blur_p: float, solarize_p: float):
+    def __init__(
+        self, owner: MultiCropTransform, size: int, scale, blur_p: float, solarize_p: float
+    ):
         self.owner, self.size, self.scale = owner, size, scale
         self.blur_p, self.solarize_p = blur_p, solarize_p
 
