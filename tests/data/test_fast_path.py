@@ -48,6 +48,28 @@ def test_jitter_ops_match_torchvision(images, factors):
             torch.testing.assert_close(single[0], view, atol=2e-6, rtol=0)
 
 
+def test_jitter_ops_skip_no_clamp_that_matters():
+    # Factors <= 1 skip the clamp (the result lies between the input and the gray mean
+    # or gray image); extreme images must still stay in [0, 1] and match torchvision.
+    g = torch.Generator().manual_seed(1)
+    extremes = torch.stack(
+        [torch.ones(3, 16, 16), torch.zeros(3, 16, 16), torch.rand(3, 16, 16, generator=g)]
+    )
+    extremes[2, :, :8] = 1.0
+    ws = fast.Workspace(16, 1)
+    for op, reference in (
+        (fast._brightness_, F.adjust_brightness),
+        (fast._contrast_, F.adjust_contrast),
+        (fast._saturation_, F.adjust_saturation),
+    ):
+        for factor in (0.0, 0.1, 0.3, 0.49, 0.5, 0.77, 0.999999, 1.0):
+            for image in extremes:
+                ours = image[None].clone()
+                op(ours, factor, ws)
+                assert 0.0 <= ours.min() and ours.max() <= 1.0, (op.__name__, factor)
+                torch.testing.assert_close(ours[0], reference(image, factor), atol=2e-6, rtol=0)
+
+
 @pytest.mark.parametrize("factors", [(-0.5, -0.1, -0.013), (0.0, 0.05, 0.1), (0.37, 0.5, -0.25)])
 def test_hue_matches_torchvision(images, factors):
     ours, ws = images.clone(), fast.Workspace(40, 3)

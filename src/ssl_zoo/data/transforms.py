@@ -245,6 +245,8 @@ def _contrast_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) ->
     mean = torch.mv(x.mean(dim=(2, 3)), _GRAY_VECTOR)  # mean of the grayscale image
     if isinstance(factors, float):  # f x + (1 - f) mean in one pass
         torch.add(mean.mul_(1.0 - factors), x, alpha=factors, out=x)
+        if factors <= 1.0:  # between x and the mean (< 1): nothing to clamp
+            return
     else:
         x.mul_(factors.view(-1, 1, 1, 1)).add_((mean * (1.0 - factors)).view(-1, 1, 1, 1))
     x.clamp_(0.0, 1.0)
@@ -253,7 +255,9 @@ def _contrast_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) ->
 def _saturation_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
     gray = _grayscale(x, ws).expand_as(x)
     weight = factors if isinstance(factors, float) else factors.view(-1, 1, 1, 1)
-    torch.lerp(gray, x, weight, out=x).clamp_(0.0, 1.0)
+    torch.lerp(gray, x, weight, out=x)
+    if not isinstance(factors, float) or factors > 1.0:  # else between gray and x
+        x.clamp_(0.0, 1.0)
 
 
 def _hue_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
