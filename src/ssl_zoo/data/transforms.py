@@ -417,17 +417,15 @@ def _blur_(x: torch.Tensor, bands: torch.Tensor, radii: Sequence[int], ws: Works
         torch.matmul(bands.transpose(1, 2).unsqueeze(1), rows, out=x)
         return
     blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
-    rows_t = ws.full[0][0].view(size, 3 * size)  # rows pass, transposed
+    rows = ws.full[0][0]  # (3, S, S): the rows pass of one view
+    rows_flat = rows.view(3 * size, size)
     for view, band, radius in zip(x, bands, radii, strict=True):
         flat = view.view(3 * size, size)
         spans = [(max(0, c0 - radius), min(size, c1 + radius), c0, c1) for c0, c1 in blocks]
-        for i0, i1, c0, c1 in spans:
-            torch.mm(band[i0:i1, c0:c1].t(), flat[:, i0:i1].t(), out=rows_t[c0:c1])
-        for channel in range(3):
-            offset = channel * size
-            for i0, i1, c0, c1 in spans:
-                rows = rows_t[:, offset + i0 : offset + i1].t()
-                torch.mm(band[i0:i1, c0:c1].t(), rows, out=view[channel, c0:c1])
+        for i0, i1, c0, c1 in spans:  # the rows of the three channels in one product
+            torch.mm(flat[:, i0:i1], band[i0:i1, c0:c1], out=rows_flat[:, c0:c1])
+        for i0, i1, c0, c1 in spans:  # their columns in one batched product
+            torch.matmul(band[i0:i1, c0:c1].t(), rows[:, i0:i1], out=view[:, c0:c1])
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
