@@ -1,6 +1,6 @@
 """Data pipeline throughput per worker: ssl_zoo's fast path against a straightforward one.
 
-    make bench-data                      # or: python benchmarks/data_pipeline.py [--repeats 5]
+    make bench-data                      # or: python benchmarks/data_pipeline.py [--repeats 7]
 
 One process, one thread (``torch.set_num_threads(1)``), like one DataLoader worker. For
 each method's recipe (the Hydra augmentation configs at 224 / 96 px: DINO 2 x 224 + 8 x 96,
@@ -42,7 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SSL_ZOO_SHARED_DIR", REPO.parent / "shared"))
 DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- data_pipeline:begin -->", "<!-- data_pipeline:end -->"
-PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "ihc.png", "motorcycle_left.png")
+PHOTOS = (
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "rocket.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+)
 METHODS = ("dino", "byol", "dinov2")
 PATCH = 16  # iBOT mask grid of the global crops: 224 / 16 = 14 x 14
 
@@ -109,8 +116,12 @@ def fast_pipeline(transform_cfg, masking_cfg, root: Path):
     dataset = ImageFolder(root, transform=instantiate(transform_cfg))
     collate = MultiCropCollate()
     if masking_cfg is not None:
-        generator = BlockMaskGenerator(224 // PATCH, **OmegaConf.to_container(masking_cfg.generator))
-        collate = MultiCropCollate(generator, tuple(masking_cfg.ratio_min_max), masking_cfg.probability)
+        generator = BlockMaskGenerator(
+            224 // PATCH, **OmegaConf.to_container(masking_cfg.generator)
+        )
+        collate = MultiCropCollate(
+            generator, tuple(masking_cfg.ratio_min_max), masking_cfg.probability
+        )
 
     def run(indices, batch_size=32):
         for start in range(0, len(indices), batch_size):
@@ -147,33 +158,55 @@ def straightforward_pipeline(cfg, masking_cfg, dataset):
 
     c = OmegaConf.to_container(cfg, resolve=True)
     n_global, n_local = c["n_global"], c["n_local"]
-    blur = c["global_blur_p"] if isinstance(c["global_blur_p"], list) else [c["global_blur_p"]] * n_global
-    solar = c["global_solarize_p"] if isinstance(c["global_solarize_p"], list) else [c["global_solarize_p"]] * n_global
+    blur = (
+        c["global_blur_p"]
+        if isinstance(c["global_blur_p"], list)
+        else [c["global_blur_p"]] * n_global
+    )
+    solar = (
+        c["global_solarize_p"]
+        if isinstance(c["global_solarize_p"], list)
+        else [c["global_solarize_p"]] * n_global
+    )
     bicubic = T.InterpolationMode.BICUBIC
     flip_and_color = [
         T.RandomHorizontalFlip(p=c["flip_p"]),
-        T.RandomApply([T.ColorJitter(c["brightness"], c["contrast"], c["saturation"], c["hue"])], p=c["color_jitter_p"]),
+        T.RandomApply(
+            [T.ColorJitter(c["brightness"], c["contrast"], c["saturation"], c["hue"])],
+            p=c["color_jitter_p"],
+        ),
         T.RandomGrayscale(p=c["grayscale_p"]),
     ]
     normalize = [T.ToTensor(), T.Normalize(c["mean"], c["std"])]
 
     def view(size, scale, blur_p, solar_p):
-        ops = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic), *flip_and_color]
+        ops = [
+            T.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic),
+            *flip_and_color,
+        ]
         ops.append(PILGaussianBlur(blur_p, tuple(c.get("blur_sigma", (0.1, 2.0)))))
         if solar_p > 0:
             ops.append(PILSolarize(solar_p))
         return T.Compose(ops + normalize)
 
-    globals_ = [view(c["global_size"], c["global_scale"], b, s) for b, s in zip(blur, solar, strict=True)]
+    globals_ = [
+        view(c["global_size"], c["global_scale"], b, s) for b, s in zip(blur, solar, strict=True)
+    ]
     local = view(c["local_size"], c["local_scale"], c["local_blur_p"], c["local_solarize_p"])
     generator = None
     if masking_cfg is not None:
-        generator = BlockMaskGenerator(224 // PATCH, **OmegaConf.to_container(masking_cfg.generator))
+        generator = BlockMaskGenerator(
+            224 // PATCH, **OmegaConf.to_container(masking_cfg.generator)
+        )
 
     def sample(i):
         with open(dataset.path(i), "rb") as f:
             image = Image.open(f).convert("RGB")
-        return [t(image) for t in globals_], [local(image) for _ in range(n_local)], dataset.label(i)
+        return (
+            [t(image) for t in globals_],
+            [local(image) for _ in range(n_local)],
+            dataset.label(i),
+        )
 
     def run(indices, batch_size=32):
         for start in range(0, len(indices), batch_size):
@@ -197,13 +230,20 @@ def measure(fast, base, indices, repeats: int) -> dict:
     rates = {"fast": [], "base": []}
     fast(indices[:4])  # warm up: workspaces, caches, imports
     base(indices[:4])
-    for _ in range(repeats):
-        for name, run in (("fast", fast), ("base", base)):
+    for repeat in range(repeats):
+        # Which goes first alternates, so a load that drifts within a repeat favours neither.
+        pair = (("fast", fast), ("base", base))
+        for name, run in pair if repeat % 2 == 0 else pair[::-1]:
             start = time.perf_counter()
             run(indices)
             rates[name].append(len(indices) / (time.perf_counter() - start))
     fast_median, base_median = statistics.median(rates["fast"]), statistics.median(rates["base"])
-    return {"fast": fast_median, "base": base_median, "ratio": fast_median / base_median, "rates": rates}
+    return {
+        "fast": fast_median,
+        "base": base_median,
+        "ratio": fast_median / base_median,
+        "rates": rates,
+    }
 
 
 def write_section(text: str) -> None:
@@ -211,7 +251,9 @@ def write_section(text: str) -> None:
     current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     section = f"{BEGIN}\n{text.rstrip()}\n{END}"
     if BEGIN in current and END in current:
-        current = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, current, flags=re.S)
+        current = re.sub(
+            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, current, flags=re.S
+        )
     else:
         current = current.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(current)
@@ -219,10 +261,18 @@ def write_section(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes per pipeline (default 5)")
-    parser.add_argument("--cifar-per-class", type=int, default=8, help="CIFAR-10 images per class (default 8)")
-    parser.add_argument("--photo-passes", type=int, default=4, help="passes over the 6 photos per repeat")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md")
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed passes per pipeline (default 7)"
+    )
+    parser.add_argument(
+        "--cifar-per-class", type=int, default=8, help="CIFAR-10 images per class (default 8)"
+    )
+    parser.add_argument(
+        "--photo-passes", type=int, default=4, help="passes over the 6 photos per repeat"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only, leave docs/benchmarks.md"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -235,14 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         photos, photo_sizes = photo_set(Path(tmp) / "photos")
         for method in METHODS:
             transform_cfg, masking_cfg = recipe(method)
-            for set_name, root, passes in (("CIFAR-10 JPEG, 32 px", cifar, 1), ("photos, 400-740 px", photos, args.photo_passes)):
+            for set_name, root, passes in (
+                ("CIFAR-10 JPEG, 32 px", cifar, 1),
+                ("photos, 400-740 px", photos, args.photo_passes),
+            ):
                 random.seed(0)
                 torch.manual_seed(0)
                 fast, n, dataset = fast_pipeline(transform_cfg, masking_cfg, root)
                 base = straightforward_pipeline(transform_cfg, masking_cfg, dataset)
                 indices = list(range(n)) * passes
                 result = measure(fast, base, indices, args.repeats)
-                views = f"{transform_cfg.n_global}x224" + (f" + {transform_cfg.n_local}x96" if transform_cfg.n_local else "")
+                views = f"{transform_cfg.n_global}x224" + (
+                    f" + {transform_cfg.n_local}x96" if transform_cfg.n_local else ""
+                )
                 views += " + masks" if masking_cfg is not None else ""
                 results.append({"method": method, "set": set_name, "views": views, **result})
                 print(
@@ -256,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -269,14 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         "JPEG draft decoding when the crops allow, uint8 crops, the float ops of all views of one "
         "size on one stack, normalised once); *straightforward* is the same recipe with PIL and torchvision v1 "
         "transforms per view (DINO's main_dino.py style, PIL GaussianBlur and solarize). "
-        f"Medians of {args.repeats} repeats, the two pipelines alternating within each repeat; "
+        f"Medians of {args.repeats} repeats, the two pipelines alternating within each repeat (which "
+        "one goes first alternates too); "
         "the ratio is of the medians.",
         "",
         "| method | views | images | fast (img/s) | straightforward (img/s) | ratio |",
         "|---|---|---|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['method']} | {r['views']} | {r['set']} | {r['fast']:.1f} | {r['base']:.1f} | {r['ratio']:.2f}x |")
+        lines.append(
+            f"| {r['method']} | {r['views']} | {r['set']} | {r['fast']:.1f} | {r['base']:.1f} | {r['ratio']:.2f}x |"
+        )
     dino = next(r for r in results if r["method"] == "dino" and r["set"].startswith("photos"))
     verdict = "reached" if dino["ratio"] >= 3.0 else "not reached"
     lines += [
