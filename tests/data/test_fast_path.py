@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as F
 
+from ssl_zoo.data import kernels
 from ssl_zoo.data import transforms as fast
 from ssl_zoo.data.images import load_image
 from ssl_zoo.data.transforms import EvalTransform, MultiCropTransform, min_crop_side
@@ -31,65 +32,55 @@ def images():
     return x
 
 
-@pytest.mark.parametrize("factors", [(0.0, 0.6, 1.0), (1.4, 0.9, 1.1)])
-def test_jitter_ops_match_torchvision(images, factors):
-    ws = fast.Workspace(40, 3)
-    for op, reference in (
-        (fast._brightness_, F.adjust_brightness),
-        (fast._contrast_, F.adjust_contrast),
-        (fast._saturation_, F.adjust_saturation),
-    ):
-        ours = images.clone()
-        op(ours, torch.tensor(factors), ws)  # one factor per view, in one batch
-        for i, (view, image, factor) in enumerate(zip(ours, images, factors, strict=True)):
-            torch.testing.assert_close(view, reference(image, factor), atol=2e-6, rtol=0)
-            single = images[i : i + 1].clone()
-            op(single, float(factor), ws)  # one view, a Python factor
-            torch.testing.assert_close(single[0], view, atol=2e-6, rtol=0)
+def _run(op, image: torch.Tensor, *args) -> torch.Tensor:
+    """A kernel op on a copy of one (3, H, W) image."""
+    out = image.clone()
+    op(out.numpy().reshape(3, -1), *args)
+    return out
 
 
-def test_jitter_ops_skip_no_clamp_that_matters():
-    # Factors <= 1 skip the clamp (the result lies between the input and the gray mean
-    # or gray image); extreme images must still stay in [0, 1] and match torchvision.
+@pytest.mark.parametrize("factor", [0.0, 0.1, 0.6, 0.999999, 1.0, 1.1, 1.4, 2.5])
+def test_jitter_ops_match_torchvision(images, factor):
     g = torch.Generator().manual_seed(1)
-    extremes = torch.stack(
-        [torch.ones(3, 16, 16), torch.zeros(3, 16, 16), torch.rand(3, 16, 16, generator=g)]
-    )
-    extremes[2, :, :8] = 1.0
-    ws = fast.Workspace(16, 1)
+    extremes = torch.stack([torch.ones(3, 40, 40), torch.zeros(3, 40, 40)])
+    extremes[1, :, :8] = torch.rand(3, 8, 40, generator=g)
     for op, reference in (
-        (fast._brightness_, F.adjust_brightness),
-        (fast._contrast_, F.adjust_contrast),
-        (fast._saturation_, F.adjust_saturation),
+        (kernels.brightness_, F.adjust_brightness),
+        (kernels.contrast_, F.adjust_contrast),
+        (kernels.saturation_, F.adjust_saturation),
     ):
-        for factor in (0.0, 0.1, 0.3, 0.49, 0.5, 0.77, 0.999999, 1.0):
-            for image in extremes:
-                ours = image[None].clone()
-                op(ours, factor, ws)
-                assert 0.0 <= ours.min() and ours.max() <= 1.0, (op.__name__, factor)
-                torch.testing.assert_close(ours[0], reference(image, factor), atol=2e-6, rtol=0)
+        for image in (*images, *extremes):
+            ours = _run(op, image, factor)
+            assert 0.0 <= ours.min() and ours.max() <= 1.0, (op.__name__, factor)
+            torch.testing.assert_close(ours, reference(image, factor), atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize("factors", [(-0.5, -0.1, -0.013), (0.0, 0.05, 0.1), (0.37, 0.5, -0.25)])
-def test_hue_matches_torchvision(images, factors):
-    ours, ws = images.clone(), fast.Workspace(40, 3)
-    fast._hue_(ours, torch.tensor(factors), ws)
-    for i, (view, image, factor) in enumerate(zip(ours, images, factors, strict=True)):
-        torch.testing.assert_close(view, F.adjust_hue(image, factor), atol=2e-5, rtol=0)
-        single = images[i : i + 1].clone()
-        fast._hue_(single, float(factor), ws)
-        torch.testing.assert_close(single[0], view, atol=1e-6, rtol=0)
+@pytest.mark.parametrize("factor", [-0.5, -0.25, -0.1, -0.013, 0.0, 0.05, 0.1, 0.37, 0.5])
+def test_hue_matches_torchvision(images, factor):
+    for image in images:
+        expected = F.adjust_hue(image, factor)
+        torch.testing.assert_close(_run(kernels.hue_, image, factor), expected, atol=2e-5, rtol=0)
+
+
+def test_color_jitter_applies_the_ops_in_the_given_order(images):
+    factors = np.array([1.3, 0.7, 1.4, 0.08], dtype=np.float32)
+    fns = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    for order in ((0, 1, 2, 3), (3, 2, 1, 0), (2, 0, 3, 1), (1, -1, -1, -1), (-1,) * 4):
+        expected = images[1]
+        for op in order:
+            if op >= 0:
+                expected = fns[op](expected, float(factors[op]))
+        ours = _run(kernels.color_jitter_, images[1], np.array(order, dtype=np.int8), factors)
+        torch.testing.assert_close(ours, expected, atol=2e-5, rtol=0)
 
 
 def test_grayscale_solarize_blur_match_torchvision(images):
-    ws = fast.Workspace(40, 3)
-    gray = fast._grayscale(images, ws)
-    solarized = images.clone()
-    fast._solarize_(solarized, 128 / 255, ws)
-    for i, image in enumerate(images):
-        torch.testing.assert_close(gray[i], F.rgb_to_grayscale(image), atol=1e-6, rtol=0)
-        torch.testing.assert_close(solarized[i], F.solarize(image, 128 / 255), atol=1e-6, rtol=0)
-    for size in (2, 3, 5, 16, 40, 200):  # dense and blocked products, tiny crops
+    for image in images:
+        gray = _run(kernels.to_gray_, image)
+        torch.testing.assert_close(gray, F.rgb_to_grayscale(image, 3), atol=1e-6, rtol=0)
+        solarized = _run(kernels.solarize_, image, 128 / 255)
+        torch.testing.assert_close(solarized, F.solarize(image, 128 / 255), atol=1e-6, rtol=0)
+    for size in (1, 2, 3, 5, 16, 40, 200):  # tiny crops: pads wider than the image
         x = torch.rand(2, 3, size, size)
         kernel = fast.blur_kernel_size(size) if size > 5 else 9
         for sigma in (0.1, 0.8, 2.0):
@@ -101,6 +92,37 @@ def test_grayscale_solarize_blur_match_torchvision(images):
             else:  # pads wider than the image: numpy's repeated reflection
                 expected = torch.from_numpy(_numpy_blur(x.numpy(), kernel, sigma))
             torch.testing.assert_close(ours, expected, atol=3e-6, rtol=0)
+
+
+def test_augment_views_runs_the_pipeline_in_torchvision_order(images):
+    """jitter -> grayscale -> blur -> solarize -> normalise, each view its own draws."""
+    views = images.clone().contiguous()
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    order = np.array([[2, 0, 3, 1], [-1] * 4, [1, 3, -1, -1]], dtype=np.int8)
+    factors = np.array([[1.2, 0.8, 1.3, -0.06], [1, 1, 1, 0], [1, 1.5, 1, 0.1]], np.float32)
+    gray = np.array([False, True, False])
+    solarize = np.array([True, False, True])
+    taps, radii = fast.blur_taps(9, [0.7, 1.0, 1.9])
+    radius = np.array([radii[0], -1, radii[2]], dtype=np.int32)
+    weights = np.asarray(taps, dtype=np.float32)
+    kernels.augment_views_(
+        views.numpy(), order, factors, gray, weights, radius, solarize,
+        np.asarray(mean, np.float32), 1 / np.asarray(std, np.float32),
+    )  # fmt: skip
+    fns = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    for i, image in enumerate(images):
+        expected = image
+        for op in order[i]:
+            if op >= 0:
+                expected = fns[op](expected, float(factors[i, op]))
+        if gray[i]:
+            expected = F.rgb_to_grayscale(expected, 3)
+        if radius[i] >= 0:
+            expected = F.gaussian_blur(expected, [9, 9], [[0.7, 1.0, 1.9][i]] * 2)
+        if solarize[i]:
+            expected = F.solarize(expected, 128 / 255)
+        expected = F.normalize(expected, mean, std)
+        torch.testing.assert_close(views[i], expected, atol=1e-4, rtol=0)
 
 
 def _numpy_blur(x: np.ndarray, kernel: int, sigma: float) -> np.ndarray:
@@ -220,5 +242,5 @@ def test_views_and_single_view_api(images):
     assert transform.local_transform(image).shape == (3, 12, 12)
     import pickle
 
-    clone = pickle.loads(pickle.dumps(transform))  # workers get a copy, without scratch memory
-    assert clone._workspaces == {} and clone(image)["global_crops"][0].shape == (3, 24, 24)
+    clone = pickle.loads(pickle.dumps(transform))  # DataLoader workers get a copy
+    assert clone(image)["global_crops"][0].shape == (3, 24, 24)

@@ -33,33 +33,31 @@ How it is fast (the distribution is torchvision's, op by op):
    the centre-crop fallback), with the random numbers of all views drawn at once. Each box
    is packed channels-last and resized on uint8 by torch's native antialiased bicubic
    kernel (torchvision's resized_crop on uint8 tensors uses the same kernel).
-3. The views of one size are stacked and converted to float32 in [0, 1] once. Colour
-   jitter runs per view (its own factors and its own random order of the four ops, as
-   ColorJitter), grayscale, blur and solarisation run batched over the views that draw
-   them, and the stack is normalised once. The ops are written with in-place arithmetic
-   into reused scratch memory (``Workspace``): comparisons, ``where`` and ``remainder``
-   are 5-20x slower than arithmetic on CPU, and fresh outputs cost cache misses. The
-   batched ops run on the consecutive runs of the views that draw them (no gathering).
-   Hue rotates HSV hue without building HSV (the formula is in ``_hue_``); the Gaussian
-   blur is separable, as two matrix products with the reflect padding folded into a
-   band matrix (only its diagonal blocks on large views, as wide as the view's nonzero
-   taps: sigma 0.5 has 7 of 23). Unlike torchvision on uint8,
-   values are not rounded to 8 bits between ops (differences below 1/255 per op); tests
-   check every op against torchvision's on float images.
+3. The views of one size are stacked and converted to float32 in [0, 1] once. The float
+   ops then run as compiled loops (``ssl_zoo.data.kernels``, numba), one call for all the
+   views of a size: per view, colour jitter with its own factors and its own random order
+   of the four ops (as ColorJitter), grayscale, blur, solarisation and normalisation,
+   each op one pass over the view's pixels. (Written as torch elementwise ops, every
+   arithmetic step is a pass over memory and a dispatch: a hue rotation takes ~35, which
+   made the colour ops most of a sample's time.) Hue rotates HSV hue without building HSV;
+   the Gaussian blur is separable with reflect padding and skips the taps that are 0.
+   Unlike torchvision on uint8, values are not rounded to 8 bits between ops (differences
+   below 1/255 per op); tests check every op against torchvision's on float images.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
+
+from ssl_zoo.data import kernels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,184 +173,7 @@ def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int)
 
 
 # ------------------------------------------------------------ float ops on (N, 3, S, S)
-# Every op mirrors torchvision.transforms.v2.functional on float images in [0, 1].
-
-
-_GRAY = torch.tensor([_GRAY_WEIGHTS])
-_GRAY_VECTOR = torch.tensor(_GRAY_WEIGHTS)
-_HUE_CENTRES = torch.tensor([3.0, 5.0, 1.0]).view(1, 3, 1, 1)
-# Python numbers passed to tensor ops become a double tensor that is then copied to float
-# (~4 us each on small views): constants are float tensors and scalars ride on ``alpha``.
-_ZERO = torch.tensor(0.0)
-_ONE = torch.tensor(1.0)
-_THREE = torch.tensor(3.0)
-_INV_255 = torch.tensor(1.0 / 255.0)
-
-
-class Workspace:
-    """Scratch tensors for the ops on up to ``n`` (3, S, S) views, reused from call to
-    call: on a 224 px view an op writing into warm memory is 2-3x faster than one
-    allocating its output. One per thread, crop size and view count (see
-    MultiCropTransform._workspace)."""
-
-    def __init__(self, size: int, n: int = 1) -> None:
-        self.size, self.n = size, n
-        self.planes = torch.empty(7, n, size, size).unbind(0)
-        self.full = torch.empty(2, n, 3, size, size).unbind(0)
-        self.gray = torch.empty(n, 1, size * size)
-        self._views: dict[int, tuple] = {}
-
-    def views(self, k: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """The planes and full buffers cut to k views (cached: slicing costs ~1 us each)."""
-        if k not in self._views:
-            self._views[k] = (tuple(p[:k] for p in self.planes), tuple(f[:k] for f in self.full))
-        return self._views[k]
-
-
-# Batched ops: x is (k, 3, S, S) float in [0, 1], factors a (k,) tensor, all in place.
-
-
-def _grayscale(x: torch.Tensor, ws: Workspace) -> torch.Tensor:
-    """(k, 3, H, W) -> (k, 1, H, W) luma with torchvision's weights, in workspace memory."""
-    k = x.shape[0]
-    if k == 1:  # a plain product: the batched one broadcasts the weights first
-        return torch.mm(_GRAY, x.view(3, -1), out=ws.gray[0]).view(1, 1, *x.shape[2:])
-    return torch.matmul(_GRAY, x.reshape(k, 3, -1), out=ws.gray[:k]).view(k, 1, *x.shape[2:])
-
-
-def _step_(t: torch.Tensor) -> torch.Tensor:
-    """In place: 1.0 where t >= 0, else 0.0. (Comparisons, ``where`` and ``remainder``
-    are 5-20x slower than arithmetic on CPU; differences of values in [0, 1] are 0 or
-    far above 1e-30.)"""
-    return torch.add(_ONE, t, alpha=1e30, out=t).clamp_(0.0, 1.0)
-
-
-# A factor is a (k,) tensor, or a float for one view: Python numbers ride on ``alpha``
-# or on float-typed ops, which saves the small tensor ops of broadcasting a factor.
-
-
-def _brightness_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
-    if isinstance(factors, float):
-        torch.add(_ZERO, x, alpha=factors, out=x)
-        if factors <= 1.0:  # x * f <= x (rounding included): nothing to clamp
-            return
-    else:
-        x.mul_(factors.view(-1, 1, 1, 1))
-    x.clamp_(0.0, 1.0)
-
-
-def _contrast_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
-    mean = torch.mv(x.mean(dim=(2, 3)), _GRAY_VECTOR)  # mean of the grayscale image
-    if isinstance(factors, float):  # f x + (1 - f) mean in one pass
-        torch.add(mean.mul_(1.0 - factors), x, alpha=factors, out=x)
-        if factors <= 1.0:  # between x and the mean (< 1): nothing to clamp
-            return
-    else:
-        x.mul_(factors.view(-1, 1, 1, 1)).add_((mean * (1.0 - factors)).view(-1, 1, 1, 1))
-    x.clamp_(0.0, 1.0)
-
-
-def _saturation_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
-    gray = _grayscale(x, ws).expand_as(x)
-    weight = factors if isinstance(factors, float) else factors.view(-1, 1, 1, 1)
-    torch.lerp(gray, x, weight, out=x)
-    if not isinstance(factors, float) or factors > 1.0:  # else between gray and x
-        x.clamp_(0.0, 1.0)
-
-
-def _hue_(x: torch.Tensor, factors: torch.Tensor | float, ws: Workspace) -> None:
-    """Rotate the HSV hue of (k, 3, H, W) images by ``factors`` turns, in place.
-
-    Same result as torchvision's rgb -> hsv -> rgb round trip, without building HSV:
-    with V = max, C = max - min and the hue H6 (in sixths of a turn), channel c is
-    V - C * clamp(||H6 - p_c| - 3| - 1, 0, 1) with p = (3, 5, 1) for (r, g, b) (the usual
-    k = (n + H6) mod 6 formula, n = 5, 3, 1, folded), which is periodic in H6 (period 6)
-    wherever |H6 - p_c| < 7. Here H6 starts in [-1, 5), so a rotation by less than a
-    sixth of a turn (torchvision's default range, |hue| <= 0.1) needs no ``mod 6``.
-    """
-    planes, (dist, _) = ws.views(x.shape[0])
-    r, g, b = x.unbind(1)
-    maxc, chroma, is_r, is_g, hue, tmp, tmp2 = planes
-    torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
-    torch.minimum(torch.minimum(r, g, out=chroma), b, out=chroma)
-    torch.sub(maxc, chroma, out=chroma)
-    # The hue sector as torchvision picks it: r if it is the max, else g, else b:
-    # H6 = (g - b) / C, (b - r) / C + 2 or (r - g) / C + 4.
-    _step_(torch.sub(r, maxc, out=is_r))
-    _step_(torch.sub(g, maxc, out=is_g)).addcmul_(is_g, is_r, value=-1.0)
-    torch.sub(r, g, out=hue).add_(chroma, alpha=4.0)
-    torch.sub(g, b, out=tmp).sub_(hue)
-    torch.sub(b, r, out=tmp2).add_(chroma, alpha=2.0).sub_(hue)
-    hue.addcmul_(is_r, tmp).addcmul_(is_g, tmp2)
-    hue.div_(torch.clamp(chroma, min=1e-12, out=tmp))
-    if isinstance(factors, float):
-        hue.add_(_ONE, alpha=6.0 * factors)
-        wrap = abs(factors) >= 1.0 / 6.0
-    else:
-        hue.add_((6.0 * factors).view(-1, 1, 1))
-        wrap = bool(factors.abs().max() >= 1.0 / 6.0)
-    if wrap:  # H6 in [-4, 8) -> [0, 6)
-        hue.add_(_ONE, alpha=6.0)
-        hue.sub_(torch.add(_ZERO, hue, alpha=1.0 / 6.0, out=tmp).floor_(), alpha=6.0)
-    # V - C * (clamp(t, 1, 2) - 1) = (V + C) - C * clamp(t, 1, 2), t = ||H6 - p| - 3|.
-    torch.sub(hue.unsqueeze(1), _HUE_CENTRES, out=dist).abs_()
-    dist.sub_(_THREE).abs_().clamp_(1.0, 2.0)
-    torch.add(maxc, chroma, out=tmp)
-    torch.addcmul(tmp.unsqueeze(1), chroma.unsqueeze(1), dist, value=-1.0, out=x)
-
-
-def _solarize_(x: torch.Tensor, threshold: float, ws: Workspace) -> None:
-    """v -> 1 - v where v >= threshold (torchvision's solarize), in place."""
-    flip, other = ws.views(x.shape[0])[1]
-    _step_(torch.sub(x, _ONE, alpha=threshold, out=flip))
-    x.addcmul_(flip, torch.add(_ONE, x, alpha=-2.0, out=other))
-
-
-def _to_gray_(x: torch.Tensor, ws: Workspace) -> None:
-    x.copy_(_grayscale(x, ws).expand_as(x))
-
-
-def _on_views(
-    x: torch.Tensor, views: Sequence[int], fn: Callable[[torch.Tensor, slice], None]
-) -> None:
-    """fn(x[a:b], positions) in place for each run a..b-1 of consecutive indices in
-    ``views`` (sorted); ``positions`` is the slice of ``views`` that the run covers. The
-    ops act on each view alone, so a few calls on slices beat gathering the views and
-    writing them back (two copies)."""
-    start = 0
-    for end in range(1, len(views) + 1):
-        if end == len(views) or views[end] != views[end - 1] + 1:
-            fn(x[views[start] : views[end - 1] + 1], slice(start, end))
-            start = end
-
-
-_JITTER_OPS = (_brightness_, _contrast_, _saturation_, _hue_)
-
-_CORNERS: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _corner_taps(size: int, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions, columns): the reflected taps of a band, cached. A tap t of output j
-    reads p = j + t - r; off the left edge it reads i = -p (i >= 1), off the right edge
-    i = 2 (size - 1) - p (i <= size - 2). ``positions`` are the flat indices i * size + j
-    of those entries, ``columns`` the columns of their weights in the padded tap line of
-    ``blur_bands`` (tap t sits at column size - 1 - r + t)."""
-    key = (size, kernel_size)
-    if key not in _CORNERS:
-        radius = kernel_size // 2
-        positions, columns = [], []
-        for j in range(radius):
-            for t in range(kernel_size):
-                p = j + t - radius
-                if p < 0:  # left edge; the right edge mirrors it
-                    for i, jj, tt in (
-                        (-p, j, t),
-                        (size - 1 + p, size - 1 - j, kernel_size - 1 - t),
-                    ):
-                        positions.append(i * size + jj)
-                        columns.append(size - 1 - radius + tt)
-        _CORNERS[key] = (torch.tensor(positions), torch.tensor(columns))
-    return _CORNERS[key]
+# The ops themselves are the numba kernels of ``ssl_zoo.data.kernels``.
 
 
 def blur_taps(kernel_size: int, sigma: Sequence[float]) -> tuple[list[list[float]], list[int]]:
@@ -370,72 +191,16 @@ def blur_taps(kernel_size: int, sigma: Sequence[float]) -> tuple[list[list[float
     return rows, radii
 
 
-def blur_bands(
-    size: int, kernel_size: int, sigma: Sequence[float]
-) -> tuple[torch.Tensor, list[int]]:
-    """(N, size, size) band matrices B, one per sigma, such that ``row @ B`` is the 1-D
-    Gaussian blur of a row with torchvision's kernel (kernel_size taps) and its reflect
-    padding folded in: B[i, j] is the weight of source pixel i in output pixel j; and
-    their radii (``blur_taps``)."""
-    radius = kernel_size // 2
-    taps, radii = blur_taps(kernel_size, sigma)
-    weights = torch.tensor(taps)  # (N, kernel_size), symmetric
-    n = weights.shape[0]
-    if radius >= size - 1:  # reflections of reflections (tiny crops): by hand
-        band = torch.zeros(n, size, size)
-        period = max(2 * (size - 1), 1)
-        for j in range(size):
-            for t in range(kernel_size):
-                i = (j + t - radius) % period
-                i = period - i if i >= size else i
-                band[:, i, j] += weights[:, t]
-        return band, [radius] * n
-    # Direct taps: a Toeplitz matrix, B[i, j] = w[radius + j - i], from a Hankel view of
-    # one zero-padded line; the reflected taps are added at their cached positions.
-    line = torch.zeros(n, 2 * size - 1)
-    line[:, size - 1 - radius : size + radius] = weights
-    band = line.unfold(1, size, 1).flip(1)
-    positions, columns = _corner_taps(size, kernel_size)
-    band.view(n, -1).index_add_(1, positions, line.index_select(1, columns))
-    return band, radii
-
-
-_BLUR_BLOCK = 56  # column block of the banded products (views of >= 3 blocks)
-
-
-def _blur_(x: torch.Tensor, bands: torch.Tensor, radii: Sequence[int], ws: Workspace) -> None:
-    """Separable blur of (k, 3, S, S) images in place, bands (k, S, S): rows, then columns.
-
-    Band i is zero beyond ``radii[i]`` of its diagonal, so large views multiply only the
-    blocks that hold it (~3x fewer flops at 224 px, more for narrow kernels); small views
-    use one dense product per pass for all k, which is faster there.
-    """
-    k, _, size, _ = x.shape
-    if size < 3 * _BLUR_BLOCK:
-        rows = ws.full[0][:k]
-        torch.bmm(x.view(k, 3 * size, size), bands, out=rows.view(k, 3 * size, size))
-        torch.matmul(bands.transpose(1, 2).unsqueeze(1), rows, out=x)
-        return
-    blocks = [(c0, min(size, c0 + _BLUR_BLOCK)) for c0 in range(0, size, _BLUR_BLOCK)]
-    rows = ws.full[0][0]  # (3, S, S): the rows pass of one view
-    rows_flat = rows.view(3 * size, size)
-    for view, band, radius in zip(x, bands, radii, strict=True):
-        flat = view.view(3 * size, size)
-        spans = [(max(0, c0 - radius), min(size, c1 + radius), c0, c1) for c0, c1 in blocks]
-        for i0, i1, c0, c1 in spans:  # the rows of the three channels in one product
-            torch.mm(flat[:, i0:i1], band[i0:i1, c0:c1], out=rows_flat[:, c0:c1])
-        for i0, i1, c0, c1 in spans:  # their columns in one batched product
-            torch.matmul(band[i0:i1, c0:c1].t(), rows[:, i0:i1], out=view[:, c0:c1])
-
-
 def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: Sequence[float]) -> torch.Tensor:
-    """Blurred copy of (N, 3, S, S) float images, one sigma per image (N,), like
+    """Blurred copy of (N, 3, S, S) float32 images, one sigma per image (N,), like
     torchvision's gaussian_blur (reflect padding, kernel_size taps)."""
-    if x.shape[-1] != x.shape[-2] or x.shape[-3] != 3:
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2] or x.shape[-3] != 3:
         raise ValueError(f"gaussian_blur expects (N, 3, S, S) images, got {tuple(x.shape)}")
-    size, out = x.shape[-1], x.clone()
-    bands, radii = blur_bands(size, kernel_size, sigma)
-    _blur_(out, bands, radii, Workspace(size, x.shape[0]))
+    size, out = x.shape[-1], x.to(torch.float32, copy=True).contiguous()
+    taps, radii = blur_taps(kernel_size, sigma)
+    weights = np.asarray(taps, dtype=np.float32)
+    for view, w, radius in zip(out.numpy(), weights, radii, strict=True):
+        kernels.blur_(view.reshape(3, size * size), size, w, radius)
     return out
 
 
@@ -608,9 +373,8 @@ class MultiCropTransform:
                 (h, (-h, h)),
             )
         )
-        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        self._workspaces: dict[tuple[int, int], Workspace] = {}
-        self._inv_std = 1.0 / torch.tensor(self.std).view(1, 3, 1, 1)
+        self._mean = np.asarray(self.mean, dtype=np.float32)
+        self._inv_std = 1.0 / np.asarray(self.std, dtype=np.float32)
         self.global_transforms = [
             _CropView(self, self.global_size, self.global_scale, blur_p, solarize_p)
             for blur_p, solarize_p in zip(self.global_blur_p, self.global_solarize_p, strict=True)
@@ -618,16 +382,6 @@ class MultiCropTransform:
         self.local_transform = _CropView(
             self, self.local_size, self.local_scale, self.local_blur_p, self.local_solarize_p
         )
-
-    def _workspace(self, size: int, n: int) -> Workspace:
-        key = (threading.get_ident(), size, n)
-        ws = self._workspaces.get(key)
-        if ws is None:
-            ws = self._workspaces[key] = Workspace(size, n)
-        return ws
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_workspaces": {}}  # scratch memory stays behind
 
     def max_decode_reduction(self, width: int, height: int) -> int:
         """Largest factor (8, 4, 2 or 1) by which a width x height image may be decoded
@@ -678,34 +432,44 @@ class MultiCropTransform:
             if d[BOX_DRAWS] < self.flip_p:
                 crop = crop.flip(-1)
             x[i].copy_(crop)  # uint8 -> float (scaled below, in one op for all views)
-        x.mul_(_INV_255)
+        x.mul_(1.0 / 255.0)
 
-        ws = self._workspace(size, n)
-        coins = [d[BOX_DRAWS:] for d in draws]
         # Colour jitter: each view its own factors and its own order of the four ops
-        # (torchvision's ColorJitter); the other ops are batched over their views.
-        for i in range(n):
-            if coins[i][1] >= self.color_jitter_p:
-                continue
-            view = x[i : i + 1]
-            for op in order[i]:
-                if self._jitter_ranges[op] is not None:
-                    lo, hi = self._jitter_ranges[op]
-                    _JITTER_OPS[op](view, lo + (hi - lo) * coins[i][6 + op], ws)
-        gray = [i for i in range(n) if coins[i][2] < self.grayscale_p]
-        if gray:
-            _on_views(x, gray, lambda v, _: _to_gray_(v, ws))
-        blurred = [i for i in range(n) if coins[i][3] < blur_p[i]]
-        if blurred:
-            lo, hi = self.blur_sigma
-            kernel = blur_kernel_size(size)
-            sigma = [lo + (hi - lo) * coins[i][4] for i in blurred]
-            bands, radii = blur_bands(size, kernel, sigma)
-            _on_views(x, blurred, lambda v, at: _blur_(v, bands[at], radii[at], ws))
-        solarized = [i for i in range(n) if coins[i][5] < solarize_p[i]]
-        if solarized:  # RandomSolarize(threshold=128) on uint8
-            _on_views(x, solarized, lambda v, _: _solarize_(v, 128 / 255, ws))
-        return x.sub_(self._mean).mul_(self._inv_std)
+        # (torchvision's ColorJitter); then grayscale, blur, solarise and normalisation,
+        # all in one compiled pass over the views.
+        jitter_order = np.full((n, 4), -1, dtype=np.int8)
+        jitter_factors = np.zeros((n, 4), dtype=np.float32)
+        gray = np.zeros(n, dtype=np.bool_)
+        solarize = np.zeros(n, dtype=np.bool_)
+        blur_radius = np.full(n, -1, dtype=np.int32)
+        kernel = blur_kernel_size(size)
+        blur_weights = np.zeros((n, kernel), dtype=np.float32)
+        lo, hi = self.blur_sigma
+        for i, d in enumerate(draws):
+            coins = d[BOX_DRAWS:]
+            if coins[1] < self.color_jitter_p:
+                enabled = [op for op in order[i] if self._jitter_ranges[op] is not None]
+                jitter_order[i, : len(enabled)] = enabled
+                for op in enabled:
+                    low, high = self._jitter_ranges[op]
+                    jitter_factors[i, op] = low + (high - low) * coins[6 + op]
+            gray[i] = coins[2] < self.grayscale_p
+            if coins[3] < blur_p[i]:
+                taps, radii = blur_taps(kernel, [lo + (hi - lo) * coins[4]])
+                blur_weights[i], blur_radius[i] = taps[0], radii[0]
+            solarize[i] = coins[5] < solarize_p[i]
+        kernels.augment_views_(
+            x.numpy(),
+            jitter_order,
+            jitter_factors,
+            gray,
+            blur_weights,
+            blur_radius,
+            solarize,
+            self._mean,
+            self._inv_std,
+        )
+        return x
 
 
 class _CropView:
