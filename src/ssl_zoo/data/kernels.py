@@ -240,3 +240,31 @@ def augment_views_(
         if solarize[v]:
             solarize_(view, np.float32(128.0 / 255.0))  # RandomSolarize(threshold=128), uint8
         normalize_(view, mean, inv_std)
+
+
+_compiled = False
+
+
+def warm_up() -> None:
+    """Compile the kernels in this process (or load them from the cache), once.
+
+    A cold compile takes seconds; done before the DataLoader forks its workers, they
+    inherit the compiled code instead of each compiling it on its first sample.
+    """
+    global _compiled
+    if _compiled:
+        return
+    size = 4
+    views = np.zeros((1, 3, size, size), dtype=np.float32)
+    augment_views_(
+        views,
+        np.zeros((1, 4), dtype=np.int8),
+        np.ones((1, 4), dtype=np.float32),
+        np.ones(1, dtype=np.bool_),
+        np.ones((1, 3), dtype=np.float32) / 3,
+        np.ones(1, dtype=np.int32),
+        np.ones(1, dtype=np.bool_),
+        np.zeros(3, dtype=np.float32),
+        np.ones(3, dtype=np.float32),
+    )
+    _compiled = True

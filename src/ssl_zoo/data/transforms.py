@@ -382,6 +382,7 @@ class MultiCropTransform:
         self.local_transform = _CropView(
             self, self.local_size, self.local_scale, self.local_blur_p, self.local_solarize_p
         )
+        kernels.warm_up()  # before DataLoader workers fork: they inherit the compiled code
 
     def max_decode_reduction(self, width: int, height: int) -> int:
         """Largest factor (8, 4, 2 or 1) by which a width x height image may be decoded
