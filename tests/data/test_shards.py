@@ -83,16 +83,23 @@ def _epoch(dataset, rank, world, workers, batch_size):
     return items
 
 
-@pytest.mark.parametrize(("shard_size", "world", "workers"), [(3, 2, 2), (12, 2, 2), (3, 1, 0)])
-def test_ranks_and_workers_split_without_duplicates(tree, tmp_path, shard_size, world, workers):
-    # 24 samples: 8 shards of 3 (shard-level split) or 2 shards of 12 (fewer shards than
-    # the 4 readers: sample-level split); each rank yields 24 / world / 2 batches of 2.
+@pytest.mark.parametrize(
+    ("shard_size", "world", "workers", "batch"),
+    [(3, 2, 2, 2), (12, 2, 2, 2), (3, 1, 0, 2), (5, 2, 2, 2), (7, 2, 2, 2), (12, 2, 2, 4), (5, 3, 2, 3)],
+)
+def test_ranks_and_workers_split_without_duplicates(tree, tmp_path, shard_size, world, workers, batch):
+    # 24 samples in shards of 3 (shard-level split), 5 or 7 (uneven deals: short readers
+    # take the others' surplus) or 12 (fewer shards than the readers: every n-th sample;
+    # with batch 4 the two workers of a rank have unequal quotas).
     write_shards(str(tree), str(tmp_path / "s"), shard_size=shard_size, progress=False)
     urls = str(tmp_path / "s" / "*.tar")
-    per_rank = [_epoch(ShardDataset(urls, shuffle_buffer=4, seed=3), r, world, workers, 2) for r in range(world)]
+    per_rank = [_epoch(ShardDataset(urls, shuffle_buffer=4, seed=3), r, world, workers, batch) for r in range(world)]
     everything = [x for items in per_rank for x in items]
-    assert all(len(items) == 24 // world for items in per_rank)  # same steps on every rank
-    assert len(set(everything)) == len(everything) == 24  # no duplicates, nothing missing
+    per_rank_samples = 24 // (world * batch) * batch
+    assert all(len(items) == per_rank_samples for items in per_rank)  # same steps on every rank
+    assert len(set(everything)) == len(everything) == world * per_rank_samples  # no repeats
+    if per_rank_samples * world == 24:
+        assert len(set(everything)) == 24  # nothing missing
 
 
 def test_epochs_reshuffle_and_len_is_per_rank(tree, tmp_path):

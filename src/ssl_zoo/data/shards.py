@@ -14,10 +14,16 @@ Reading (:class:`ShardDataset`, an IterableDataset):
   Lightning knows the epoch length and every rank takes the same number of steps.
 - Split: each epoch the shard list is shuffled with a seed shared by every process
   (``seed``, epoch), then dealt to the world_size x num_workers reader slots, greedily
-  balancing sample counts: no two slots read the same shard. With fewer shards than
-  slots, every slot reads every shard and keeps every n-th sample instead. A slot whose
-  shards hold fewer samples than its share of the epoch reads them again (the only
-  repeats); extra samples wait for the next epoch's deal.
+  balancing sample counts. With fewer shards than slots, every slot reads every shard
+  and keeps every n-th sample instead. Shard sizes rarely divide evenly: each slot keeps
+  the first samples of its deal up to its share of the epoch, and a slot whose deal is
+  short takes the samples that others have over (reading those parts of their shards),
+  so no sample is read twice in an epoch. The samples beyond the epoch's full batches
+  wait for the next epoch's deal. (A skipped bad image is replaced by re-reading the
+  slot's share: the only repeats.) The exact split needs the sample counts of the index
+  beside the shards; with ``num_samples`` alone the shard sizes are estimated as equal
+  shares, each reader reads its shards to the end, and one whose shards run short
+  re-reads them.
 - Shuffle: shard order per epoch, then a buffer of ``shuffle_buffer`` encoded samples
   (bytes, decoded only when they leave the buffer).
 - Bad images are skipped and counted like image folders (``ssl_zoo.data.images``); the
@@ -32,6 +38,7 @@ import json
 import logging
 import os
 import random
+import sys
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 
@@ -315,6 +322,40 @@ def _deal(order: Sequence[int], counts: Sequence[int], slots: int) -> list[list[
     return dealt
 
 
+Piece = tuple[int, range]  # (shard, indices of its samples in tar order)
+
+
+def _split_exactly(own: list[list[Piece]], quotas: Sequence[int]) -> list[list[Piece]]:
+    """Every slot's pieces cut to exactly its quota: each keeps the first ``quotas[s]``
+    samples of ``own[s]``; the rest (in slot order) fill the slots that fall short, so no
+    sample is assigned twice. If the samples run out (data.num_samples above what the
+    shards hold), the last slots stay short and re-read their share in ``__iter__``."""
+    kept: list[list[Piece]] = []
+    spare: list[Piece] = []
+    for pieces, quota in zip(own, quotas, strict=True):
+        mine, need = [], quota
+        for shard, indices in pieces:
+            take = min(need, len(indices))
+            if take:
+                mine.append((shard, indices[:take]))
+            if take < len(indices):
+                spare.append((shard, indices[take:]))
+            need -= take
+        kept.append(mine)
+    for mine, quota in zip(kept, quotas, strict=True):
+        need = quota - sum(len(indices) for _, indices in mine)
+        while need > 0 and spare:
+            shard, indices = spare[0]
+            take = min(need, len(indices))
+            mine.append((shard, indices[:take]))
+            if take < len(indices):
+                spare[0] = (shard, indices[take:])
+            else:
+                spare.pop(0)
+            need -= take
+    return kept
+
+
 class ShardDataset(IterableDataset):
     """Samples (transform(image), label) streamed from WebDataset tar shards.
 
@@ -369,6 +410,9 @@ class ShardDataset(IterableDataset):
         self.num_samples = num_samples
         # sizes for the deal: known counts, else equal shares
         self.shard_sizes = [counts.get(p, max(1, num_samples // len(self.paths))) for p in self.paths]
+        # Without the index's counts a shard is read to its end: the split over readers is
+        # then by shards only (a short reader re-reads its own, an over-full one stops).
+        self._read_limits = [counts.get(p, sys.maxsize) for p in self.paths]
         self.transform = transform
         self.shuffle_buffer = shuffle_buffer
         self.shuffle_shards = shuffle_shards
@@ -418,26 +462,50 @@ class ShardDataset(IterableDataset):
         batches = plan["batches"] // workers + (worker < plan["batches"] % workers)
         return plan["rank"] * workers + worker, plan["world_size"] * workers, batches * plan["batch_size"]
 
-    def _stream(self, slot: int, slots: int, epoch: int, again: int, rng: random.Random) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """This slot's share of the epoch's deal; ``again`` > 0 re-reads the same share
-        in another order (a slot whose shards run out before its quota)."""
+    def _quotas(self, slots: int) -> list[int] | None:
+        """Samples each reader slot yields this epoch (None: unconfigured, read all)."""
+        if self.plan is None:
+            return None
+        batches, workers = self.plan["batches"], slots // self.plan["world_size"]
+        per_worker = [batches // workers + (w < batches % workers) for w in range(workers)]
+        return [per_worker[s % workers] * self.plan["batch_size"] for s in range(slots)]
+
+    def _pieces(self, slot: int, slots: int, epoch: int) -> list[Piece]:
+        """The (shard, sample indices) this slot reads in ``epoch``: the same deal is
+        computed in every process and worker, so the slots' pieces never overlap."""
         order = list(range(len(self.paths)))
         if self.shuffle_shards:
             random.Random(f"{self.seed}-{epoch}").shuffle(order)
         if len(self.paths) >= slots:
-            mine = _deal(order, self.shard_sizes, slots)[slot]
-            if again:
-                rng.shuffle(mine)
-            for shard in mine:
-                for key, sample in _samples(self.paths[shard]):
-                    yield f"{self.paths[shard]}:{key}", sample
+            dealt = _deal(order, self.shard_sizes, slots)
+            own = [[(shard, range(self._read_limits[shard])) for shard in mine] for mine in dealt]
         else:  # fewer shards than readers: everyone reads everything, keeps its n-th
-            position = 0
+            own, offset = [[] for _ in range(slots)], 0
             for shard in order:
-                for key, sample in _samples(self.paths[shard]):
-                    if position % slots == slot:
-                        yield f"{self.paths[shard]}:{key}", sample
-                    position += 1
+                size = self.shard_sizes[shard]
+                for s in range(slots):
+                    indices = range((s - offset) % slots, self._read_limits[shard], slots)
+                    if len(indices):
+                        own[s].append((shard, indices))
+                offset += size
+        quotas = self._quotas(slots)
+        return own[slot] if quotas is None else _split_exactly(own, quotas)[slot]
+
+    def _stream(
+        self, pieces: list[Piece], again: int, rng: random.Random
+    ) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """The samples of ``pieces``; ``again`` > 0 re-reads them in another shard order
+        (a slot that skipped bad images and is short of its quota)."""
+        if again:
+            pieces = list(pieces)
+            rng.shuffle(pieces)
+        for shard, indices in pieces:
+            last = indices[-1]
+            for index, (key, sample) in enumerate(_samples(self.paths[shard])):
+                if index in indices:
+                    yield f"{self.paths[shard]}:{key}", sample
+                if index >= last:
+                    break
 
     def _shuffled(self, stream: Iterator, rng: random.Random) -> Iterator:
         if self.shuffle_buffer <= 1:
@@ -467,10 +535,11 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch
         self.epoch += 1
         rng = random.Random(f"{self.seed}-{epoch}-{slot}")
+        pieces = self._pieces(slot, slots, epoch)
         yielded, passes = 0, 0
         while quota is None or yielded < quota:
             seen = 0
-            for name, sample in self._shuffled(self._stream(slot, slots, epoch, passes, rng), rng):
+            for name, sample in self._shuffled(self._stream(pieces, passes, rng), rng):
                 seen += 1
                 try:
                     item = self._decode(name, sample)
