@@ -10,6 +10,9 @@ writes the table between its markers in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import re
 import statistics
 import time
@@ -60,6 +63,25 @@ def time_steps(method: str, backbone: str, extra: list[str], precision: str, ste
     return statistics.median(times)
 
 
+def cpu_facts() -> str:
+    """CPU model, core count and whether it has bf16 arithmetic (Linux /proc/cpuinfo)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return (
+        f"{model} ({os.cpu_count()} cores; bf16 instructions: "
+        f"{', '.join(bf16) if bf16 else 'none (no avx512_bf16, no amx_bf16)'})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
@@ -78,6 +100,11 @@ def main() -> None:
         f"`make bench` / `python benchmarks/train_step.py`: median of {args.steps} steps (forward, backward,",
         f"AdamW step, EMA update) at batch {args.batch} on {torch.get_num_threads()} threads, one fixed batch of",
         "32 px shapes unless noted; ratio = fp32 time / bf16 time, measured in the same run.",
+        "",
+        f"Measured {datetime.date.today()} on {cpu_facts()}, torch {torch.__version__}. Without",
+        "AVX-512 BF16 or AMX the CPU has no bf16 arithmetic: oneDNN converts, and bf16 is",
+        "slower than fp32 (so `trainer=cpu` trains in fp32). CPUs with those flags and GPUs",
+        "(`trainer=gpu`, bf16-mixed) have bf16 in hardware; not measured here.",
         "",
         "| method | backbone | overrides | fp32 s/step | bf16 s/step | fp32 / bf16 |",
         "|---|---|---|---|---|---|",
