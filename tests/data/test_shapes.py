@@ -64,7 +64,7 @@ def test_transform_and_other_sizes():
 def test_raw_pixels_are_a_poor_feature():
     """Weighted kNN (k=20, T=0.07) on normalised raw pixels stays far from solving the task.
 
-    At 10k train / 2k val it is about 0.22 (chance 0.10); here a smaller set for speed.
+    At 8k train / 2k val it is about 0.36-0.38 (chance 0.10); here a smaller set for speed.
     """
     train = ShapesDataset("train", num_images=4000)
     val = ShapesDataset("val", num_images=1000)
