@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,28 @@ def _find(callbacks: list, kind: type) -> Any:
     return next((cb for cb in callbacks if isinstance(cb, kind)), None)
 
 
+def _silence_expected_warnings() -> None:
+    """Warnings every run would print that say nothing about this run."""
+    # The EMA teacher is frozen in eval mode on purpose (Lightning warns about any module
+    # in eval mode when fit starts).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Lightning's own use of a torch pytree API that torch deprecated.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Lightning's advertisements ("Tip: ... try installing litlogger / litmodels").
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero_logger.filters):
+        rank_zero_logger.addFilter(_DropTips())
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit the configured method and write ``run_dir/summary.json``; returns the summary."""
     started = time.perf_counter()
+    _silence_expected_warnings()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     parts = build_all(cfg)
@@ -159,6 +179,8 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
     table = Table(title=f"ssl_zoo: {summary['method']} on {summary['data']} ({summary['backbone']})", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # paths wrap whole instead of ending in an ellipsis
     table.add_row("kNN top-1 at step 0", pct(summary["knn_top1_start"]))
     table.add_row(f"kNN top-1 at step {summary['steps']}", pct(summary["knn_top1_end"]))
     ips = summary["images_per_sec"]
@@ -174,5 +196,6 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
         console.print(
             "Resume (or train longer) with:\n"
             f"  ssl-zoo train <same overrides> ckpt_path={summary['checkpoint']} trainer.max_epochs=<more>\n"
-            "The kNN numbers above are the evaluation (weighted kNN, k=20, T=0.07, on the val split)."
+            "The kNN numbers above are the evaluation (weighted kNN, k=20, T=0.07, on the val split).",
+            soft_wrap=True,  # one line per command, so it copies whole
         )
