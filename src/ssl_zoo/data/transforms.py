@@ -65,7 +65,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _INTERPOLATION = InterpolationMode.BICUBIC  # DINO uses bicubic crops and resizes
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range (width / height)
 DECODE_REDUCTIONS = (8, 4, 2, 1)  # what a JPEG decoder can do in the DCT (PIL draft)
-_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 def blur_kernel_size(crop_size: int) -> int:
@@ -147,14 +146,6 @@ def crop_box(
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
-
-
-def sample_crop_boxes(
-    height: int, width: int, scale: tuple[float, float], n: int, ratio: Sequence[float] = CROP_RATIO
-) -> list[tuple[int, int, int, int]]:
-    """``n`` boxes of :func:`crop_box` from torch's generator."""
-    draws = torch.rand(n, BOX_DRAWS, dtype=torch.float64).tolist()
-    return [crop_box(height, width, scale, d, ratio) for d in draws]
 
 
 def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
