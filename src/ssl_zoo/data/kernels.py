@@ -3,7 +3,8 @@
 Each op is one loop over the pixels of one view, compiled to vector code: torch's
 elementwise ops make a pass over memory (and a dispatch of a few microseconds) per
 arithmetic step, ~35 of them for a hue rotation alone, which made the colour ops most of
-the time of a multi-crop sample. Here a hue rotation is one pass, ~10x faster.
+the time of a multi-crop sample. Here a hue rotation is one pass: 18 instead of 224 us
+on a 96 px view, 71-174 instead of 480 us on a 224 px one (2-core machine, one thread).
 
 Arrays are numpy views of float32 torch tensors (``tensor.numpy()`` shares memory). A view
 is (3, P): its three channel planes of P = H * W pixels, values in [0, 1]. Every op matches
@@ -11,8 +12,9 @@ is (3, P): its three channel planes of P = H * W pixels, values in [0, 1]. Every
 one); ``augment_views_`` runs a sample's views through them in the order of
 torchvision's pipeline.
 
-Compiled on first use and cached next to this file (numba's ``cache=True``; a read-only
-install falls back to numba's user cache directory).
+Compiled once per process by ``warm_up`` (MultiCropTransform calls it when built, so
+forked DataLoader workers inherit the code) and cached next to this file (numba's
+``cache=True``; a read-only install falls back to numba's user cache directory).
 """
 
 from __future__ import annotations
