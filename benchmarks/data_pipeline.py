@@ -27,7 +27,6 @@ import datetime
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
+from report import cpu_facts, write_section
 from torchvision import transforms as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,7 +228,7 @@ def straightforward_pipeline(cfg, masking_cfg, dataset):
 
 def measure(fast, base, indices, repeats: int) -> dict:
     rates = {"fast": [], "base": []}
-    fast(indices[:4])  # warm up: workspaces, caches, imports
+    fast(indices[:4])  # warm up: compiled kernels, caches, imports
     base(indices[:4])
     for repeat in range(repeats):
         # Which goes first alternates, so a load that drifts within a repeat favours neither.
@@ -244,19 +244,6 @@ def measure(fast, base, indices, repeats: int) -> dict:
         "ratio": fast_median / base_median,
         "rates": rates,
     }
-
-
-def write_section(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    if BEGIN in current and END in current:
-        current = re.sub(
-            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, current, flags=re.S
-        )
-    else:
-        current = current.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(current)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,15 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     import PIL
     import torchvision
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "## Data pipeline: images/s per worker (`make bench-data`)",
@@ -353,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{10 * args.cifar_per_class} JPEGs of 32 px from ../shared/datasets/cifar10/train, "
         "upsampled by the crops.",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores, 1-min load "
+        f"Measured {datetime.date.today().isoformat()} on {cpu_facts()}, 1-min load "
         f"average {load:.1f} at the end: the machine is shared, so absolute numbers move between "
         f"runs; the ratios are measured side by side), torch {torch.__version__}, torchvision "
         f"{torchvision.__version__}, Pillow {PIL.__version__}, Python {platform.python_version()}.",
@@ -361,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
+        write_section(DOC, BEGIN, END, text)
         print(f"updated {DOC}")
     return 0
 

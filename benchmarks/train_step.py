@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from report import cpu_facts, write_section
 
 from ssl_zoo.config import compose_config
 from ssl_zoo.train import build_all
@@ -63,25 +61,6 @@ def time_steps(method: str, backbone: str, extra: list[str], precision: str, ste
     return statistics.median(times)
 
 
-def cpu_facts() -> str:
-    """CPU model, core count and whether it has bf16 arithmetic (Linux /proc/cpuinfo)."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return (
-        f"{model} ({os.cpu_count()} cores; bf16 instructions: "
-        f"{', '.join(bf16) if bf16 else 'none (no avx512_bf16, no amx_bf16)'})"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
@@ -110,13 +89,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     lines += [f"| {m} | {b} | `{e}` | {f:.3f} | {h:.3f} | {f / h:.2f} |" for m, b, e, f, h in rows]
-    section = f"{BEGIN}\n" + "\n".join(lines) + f"\n{END}"
-    current = args.output.read_text() if args.output.exists() else "# Benchmarks\n"
-    if BEGIN in current:
-        current = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, current, flags=re.S)
-    else:
-        current = current.rstrip() + "\n\n" + section + "\n"
-    args.output.write_text(current)
+    write_section(args.output, BEGIN, END, "\n".join(lines))
     print(f"wrote {args.output}")
 
 

@@ -495,7 +495,7 @@ class ShardDataset(IterableDataset):
         self, pieces: list[Piece], again: int, rng: random.Random
     ) -> Iterator[tuple[str, dict[str, bytes]]]:
         """The samples of ``pieces``; ``again`` > 0 re-reads them in another shard order
-        (a slot that skipped bad images and is short of its quota)."""
+        (a slot short of its quota: it skipped bad images, or shard sizes were estimates)."""
         if again:
             pieces = list(pieces)
             rng.shuffle(pieces)
