@@ -1,11 +1,13 @@
 """Experiment presets: overrides only, every paper value cites its source, all compose."""
 
+import re
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf, open_dict
 
 from ssl_zoo.config import CONFIG_DIR
+from ssl_zoo.run_length import batches_per_epoch, plan_run_length
 from ssl_zoo.train import build_all
 from tests.conftest import SHARED, compose_config
 
@@ -49,3 +51,49 @@ def test_cifar10_preset_trains_on_the_shared_images(tmp_path, name):
     parts = build_all(cfg)
     parts["trainer"].fit(parts["method"], datamodule=parts["datamodule"])
     assert parts["trainer"].global_step == 2
+
+
+# The papers' runs: (processes, images per process, images, optimizer steps of the run).
+# DINO README ViT-S/16: 8 x 64, 100 epochs of 2502 steps; DINOv2 vitl16_short: 32 x 64,
+# 100 "epochs" of 1250 iterations; BYOL: 4096 images per step, 300 epochs.
+PAPER_RUNS = {
+    "dino_vits16_in1k": (8, 64, 1281167, 100 * 2502),
+    "dinov2_vitl16_in1k": (32, 64, 1281167, 100 * 1250),
+    "byol_r50_in1k": (32, 128, 1281167, 300 * (1281167 // 4096)),
+}
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_preset_run_length_is_the_papers(tmp_path, name):
+    world, batch, images, paper_steps = PAPER_RUNS[name]
+    cfg = compose_config([f"experiment={name}"], tmp_path)
+    max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
+    run = plan_run_length(batches_per_epoch(images, world, batch), 1, max_epochs, max_steps)
+    assert run.total_steps == paper_steps
+    # Each limit that is set is the paper's run (Lightning stops at the first one reached,
+    # and treats an unset max_epochs as unbounded once max_steps is set).
+    assert max_steps == -1 or max_steps == paper_steps
+    assert max_epochs is None or max_epochs * run.steps_per_data_epoch == paper_steps
+    assert max_steps > 0 or max_epochs is not None
+
+
+DEVIATION = re.compile(r"^\s*(\w+):[^#]*#\s*(?:paper|reference) (?:[\d.e-]+|true|false)\b")
+DOC_SECTIONS = {  # config file -> (its section of docs/methods.md, key prefix)
+    "method/dino.yaml": ("### DINO (", "method."),
+    "method/dinov2.yaml": ("### DINOv2 (", "method."),
+    "method/byol.yaml": ("### BYOL (", "method."),
+    "augmentation/dino.yaml": ("### DINO (", "augmentation.transform."),
+}
+
+
+@pytest.mark.parametrize("config", sorted(DOC_SECTIONS))
+def test_every_default_that_leaves_the_paper_is_in_the_methods_table(config):
+    heading, prefix = DOC_SECTIONS[config]
+    doc = (Path(CONFIG_DIR).parents[2] / "docs" / "methods.md").read_text()
+    section = doc[doc.index(heading):]
+    section = section[: section.find("\n#", 1)]
+    lines = (Path(CONFIG_DIR) / config).read_text().splitlines()
+    deviating = [m.group(1) for m in map(DEVIATION.match, lines) if m]
+    assert deviating or config == "method/byol.yaml"
+    missing = [key for key in deviating if f"`{prefix}{key}`" not in section]
+    assert not missing, f"{config}: defaults marked as leaving the paper but not in docs/methods.md {heading}...: {missing}"

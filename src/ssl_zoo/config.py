@@ -7,9 +7,16 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ssl_zoo.run_length import epochs_unless_max_steps
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+# The trainer presets' max_epochs: a default that steps aside when max_steps is set
+# (ssl_zoo/run_length.py). Registered on import, before any composition.
+if not OmegaConf.has_resolver("epochs_unless_max_steps"):
+    OmegaConf.register_new_resolver("epochs_unless_max_steps", epochs_unless_max_steps)
 
 
 def compose_config(overrides: list[str], run_dir: Path | str) -> DictConfig:

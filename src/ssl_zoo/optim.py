@@ -84,3 +84,24 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, **kwargs) ->
 
         return Lars(groups, lr=lr, weight_decay=0.0, momentum=kwargs.pop("momentum", 0.9), **kwargs)
     raise ValueError(f"method.optimizer.name must be one of adamw, sgd, lars; got '{name}'")
+
+
+@torch.no_grad()
+def clip_grad_norm_per_parameter(params: Iterable[nn.Parameter], max_norm: float) -> None:
+    """Scale each parameter's gradient to L2 norm <= ``max_norm``, independently.
+
+    DINO's ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)``, applied
+    only where it is < 1. Parameters without a gradient are skipped."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    coefs = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_(grads, list(coefs.unbind()))
+
+
+def clip_grad_norm_per_module(modules: Iterable[nn.Module], max_norm: float) -> None:
+    """Clip the total gradient norm of each module separately (DINOv2 calls
+    ``clip_grad_norm_`` on each student submodule: backbone, dino head, ibot head)."""
+    for module in modules:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)

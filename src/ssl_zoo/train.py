@@ -27,6 +27,7 @@ from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
+from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
 
 log = logging.getLogger("ssl_zoo")
 
@@ -100,6 +101,24 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     return {"method": method, "datamodule": datamodule, "trainer": trainer, "callbacks": callbacks}
 
 
+def check_run_length(datamodule, trainer: L.Trainer) -> None:
+    """ConfigError, before training, when trainer.max_steps / max_epochs give no run or two
+    different ones (the run would stop at the shorter and the schedules would not fit)."""
+    train_set = datamodule.train_set
+    try:
+        n_images = len(train_set)
+    except TypeError:
+        n_images = None
+    if n_images is None or isinstance(train_set, torch.utils.data.IterableDataset):
+        return  # streamed data: on_train_start checks with the loader's own batch count
+    world = int(trainer.num_devices) * int(trainer.num_nodes)
+    batches = batches_per_epoch(n_images, world, datamodule.batch_size, drop_last=True)
+    try:
+        plan_run_length(batches, trainer.accumulate_grad_batches, trainer.max_epochs, trainer.max_steps)
+    except RunLengthError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _target_name(node: DictConfig) -> str:
     return str(node._target_).rsplit(".", 1)[-1]
 
@@ -137,6 +156,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = parts["datamodule"]
     check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
+    check_run_length(datamodule, trainer)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -81,6 +81,56 @@ def test_dinov2_layer_decay_and_patch_embed_multiplier_reach_the_optimizer(compo
     assert max(multipliers) == 1.0
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_dinov2_head_last_layer_magnitude_is_trained(compose_cfg, shared):
+    # dinov2 layers/dino_head.py: weight_g filled with 1 and left trainable (DINO v1's
+    # norm_last_layer would freeze it).
+    overrides = [*TINY_DINOV2, f"method.separate_ibot_head={str(not shared).lower()}"]
+    method, batch, _ = _method_and_batch(compose_cfg, overrides)
+    heads = [name for name in ("dino_head", "ibot_head") if name in method.student]
+    optimizer_params = {id(p) for g in method.configure_optimizers().param_groups for p in g["params"]}
+    for name in heads:
+        magnitude = method.student[name].last_layer.parametrizations.weight.original0
+        assert magnitude.requires_grad and torch.all(magnitude == 1)
+        assert id(magnitude) in optimizer_params
+    loss, _ = method.compute_loss(batch, step=0)
+    loss.backward()
+    assert method.student["dino_head"].last_layer.parametrizations.weight.original0.grad.abs().sum() > 0
+
+
+def test_dinov2_clips_each_student_submodule_separately(compose_cfg):
+    method, _, _ = _method_and_batch(compose_cfg, [*TINY_DINOV2, "method.separate_ibot_head=true",
+                                                   "method.ibot_out_dim=96"])
+    assert method.grad_clip_mode == "per_module"
+    generator = torch.Generator().manual_seed(0)
+    scales = {"backbone": 10.0, "dino_head": 5.0, "ibot_head": 1e-4}  # the last one is under 3
+    for name, module in method.student.items():
+        for p in module.parameters():
+            p.grad = torch.randn(p.shape, generator=generator) * scales[name]
+    before = {name: [p.grad.clone() for p in m.parameters()] for name, m in method.student.items()}
+    method.configure_gradient_clipping(None)
+    for name, module in method.student.items():
+        grads = [p.grad for p in module.parameters()]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in before[name]]))
+        coef = min(1.0, 3.0 / (norm.item() + 1e-6))
+        for g, b in zip(grads, before[name], strict=True):
+            torch.testing.assert_close(g, b * coef, rtol=1e-5, atol=1e-9)
+    # one global norm would have shrunk the small head too
+    assert torch.equal(method.student["ibot_head"].mlp[0].weight.grad, before["ibot_head"][0])
+
+
+@pytest.mark.parametrize("method_name", ["dinov2", "dino"])
+def test_global_clipping_stays_an_option(compose_cfg, method_name):
+    overrides = TINY_DINOV2 if method_name == "dinov2" else [*TINY_DATA, *TINY_VIT, *QUIET, "method.out_dim=128",
+                                                              "method.hidden_dim=64", "method.bottleneck_dim=32"]
+    method, _, _ = _method_and_batch(compose_cfg, [*overrides, "method.grad_clip_mode=global"])
+    calls = []
+    method.clip_gradients = lambda optimizer, gradient_clip_val, gradient_clip_algorithm: calls.append(
+        (gradient_clip_val, gradient_clip_algorithm))
+    method.configure_gradient_clipping(None)
+    assert calls == [(3.0, "norm")]
+
+
 def test_byol_step_is_symmetric_and_target_frozen(compose_cfg):
     method, batch, _ = _method_and_batch(compose_cfg, TINY_BYOL)
     assert batch["local_crops"] is None and batch["global_crops"].shape[0] == 64
@@ -116,6 +166,8 @@ def test_byol_optimizers(compose_cfg, optimizer):
         (["method=dinov2", *TINY_VIT, "method.separate_ibot_head=false", "method.ibot_out_dim=96"], r"method\.ibot_out_dim"),
         (["method=byol", "augmentation.transform.n_local=2"], r"augmentation\.transform\.n_local"),
         (["method=byol", "method.optimizer=adam"], r"method\.optimizer"),
+        (["method=byol", "method.grad_clip_mode=layerwise"], r"method\.grad_clip_mode"),
+        (["method=dinov2", *TINY_VIT, "method.iterations_per_epoch=0"], r"method\.iterations_per_epoch"),
     ],
 )
 def test_bad_method_config_fails_before_training(compose_cfg, overrides, message):

@@ -5,6 +5,7 @@ import torch
 
 from ssl_zoo.train import ConfigError, build_all
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
+from tests.parity import load_fixture
 
 VIT_DINO = [*TINY_DATA, *TINY_VIT, *TINY_HEAD, "augmentation.transform.n_local=2", "callbacks.knn=null",
             "callbacks.progress=null", "callbacks.checkpoint=null", "~logger"]
@@ -76,34 +77,84 @@ def test_ema_follows_optimizer_steps_not_batches_under_accumulation(compose_cfg)
 
 def test_schedules_are_functions_of_the_optimizer_step(compose_cfg):
     method = _parts(compose_cfg, ["method.warmup_teacher_temp=0.02", "method.teacher_temp=0.06",
-                                  "method.warmup_teacher_temp_epochs=2", "method.warmup_epochs=1",
+                                  "method.warmup_teacher_temp_epochs=3", "method.warmup_epochs=1",
                                   "method.momentum_teacher=0.996", "method.freeze_last_layer_epochs=1"])["method"]
     method.setup_schedules(total_steps=100, steps_per_epoch=10, global_batch_size=256)
-    assert method.teacher_temp_at(0) == pytest.approx(0.02)
-    assert method.teacher_temp_at(19) == pytest.approx(0.06)
-    assert method.teacher_temp_at(50) == pytest.approx(0.06)
+    # One temperature per epoch, as main_dino.py: np.linspace(0.02, 0.06, 3)[epoch].
+    assert [method.teacher_temp_at(s) for s in (0, 9, 10, 19, 20, 29, 30, 99)] == pytest.approx(
+        [0.02, 0.02, 0.04, 0.04, 0.06, 0.06, 0.06, 0.06]
+    )
     assert method.momentum_at(0) == pytest.approx(0.996)
     assert method.momentum_at(100) == pytest.approx(1.0)
     assert method.lr_at(method.warmup_steps) == pytest.approx(method.peak_lr)
     assert method.freeze_last_layer_steps == 10  # one epoch
 
 
-def test_last_layer_frozen_for_first_epoch_only(compose_cfg):
+def test_method_teacher_temperature_matches_the_dino_reference(compose_cfg):
+    fx = load_fixture("dino_v1_loss")
+    hp = fx["hparams"]
+    method = _parts(compose_cfg, [f"method.warmup_teacher_temp={hp['warmup_teacher_temp']}",
+                                  f"method.teacher_temp={hp['teacher_temp']}",
+                                  f"method.warmup_teacher_temp_epochs={hp['warmup_teacher_temp_epochs']}"])["method"]
+    steps_per_epoch = 7
+    method.setup_schedules(total_steps=hp["nepochs"] * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                           global_batch_size=64)
+    for ref in fx["steps"]:
+        for offset in (0, steps_per_epoch - 1):  # first and last step of the epoch
+            step = ref["epoch"] * steps_per_epoch + offset
+            assert method.teacher_temp_at(step) == pytest.approx(ref["teacher_temp"], rel=1e-6), step
+
+
+def test_fractional_teacher_temperature_warmup_is_refused_for_dino(compose_cfg):
+    with pytest.raises(ConfigError, match="warmup_teacher_temp_epochs must be a whole number"):
+        _parts(compose_cfg, ["method.warmup_teacher_temp_epochs=1.5"])
+
+
+def test_frozen_last_layer_gets_no_update_and_no_optimizer_state(compose_cfg):
     parts = _parts(compose_cfg, ["trainer.max_steps=2"])
     method = parts["method"]
     seen = []
-    original = method._apply_schedules
+    original = method.apply_schedules
 
-    def record(step):
-        out = original(step)
-        opt = method.trainer.optimizers[0]
-        seen.append([g["lr"] for g in opt.param_groups if g["is_last_layer"]])
+    def record(optimizer, step):
+        out = original(optimizer, step)
+        seen.append([g["lr"] for g in optimizer.param_groups if g["is_last_layer"]])
         return out
 
-    method._apply_schedules = record
+    method.apply_schedules = record
     method.freeze_last_layer_epochs = 1.0
+    last_layer = method.student["head"].last_layer.parametrizations.weight.original1
+    before = last_layer.detach().clone()
     parts["trainer"].fit(method, datamodule=parts["datamodule"])
     assert seen and all(lr == [0.0] for lr in seen)  # 8 steps per epoch > 2 steps run
+    # main_dino.py cancels the last layer's gradients in the first epoch: AdamW keeps no
+    # moments for it (an lr of 0 alone would let them accumulate).
+    optimizer = parts["trainer"].optimizers[0]
+    assert last_layer not in optimizer.state
+    assert torch.equal(last_layer.detach(), before)
+
+
+def _fill_grads(params, scale):
+    generator = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator) * scale
+
+
+def test_gradients_are_clipped_per_parameter_as_in_main_dino(compose_cfg):
+    method = _parts(compose_cfg)["method"]
+    assert method.grad_clip_mode == "per_parameter" and method.grad_clip == 3.0
+    params = [p for p in method.parameters() if p.requires_grad]
+    _fill_grads(params, 1.0)
+    params[0].grad.mul_(1e-4)  # one small gradient: untouched
+    before = [p.grad.clone() for p in params]
+    method.configure_gradient_clipping(None)
+    for p, g in zip(params, before, strict=True):
+        norm = g.norm()
+        coef = 3.0 / (norm + 1e-6)  # utils.clip_gradients
+        expected = g * coef if coef < 1 else g
+        torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-8)
+    assert torch.equal(params[0].grad, before[0])
+    assert max(p.grad.norm() for p in params) <= 3.0 + 1e-4
 
 
 @pytest.mark.parametrize(

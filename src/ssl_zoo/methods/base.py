@@ -17,8 +17,14 @@ from torch import nn
 
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import ema_update, set_teacher_mode
-from ssl_zoo.optim import build_optimizer, build_param_groups
-from ssl_zoo.schedules import cosine_schedule, linear_warmup
+from ssl_zoo.optim import (
+    build_optimizer,
+    build_param_groups,
+    clip_grad_norm_per_module,
+    clip_grad_norm_per_parameter,
+)
+from ssl_zoo.run_length import RunLength, plan_run_length
+from ssl_zoo.schedules import cosine_schedule
 
 
 class SSLMethod(L.LightningModule):
@@ -33,8 +39,16 @@ class SSLMethod(L.LightningModule):
             (DINOv2), ``none`` = base_lr.
         min_lr: final lr of the cosine decay.
         warmup_epochs: linear lr warm-up length (fractions allowed).
+        iterations_per_epoch: what an "epoch" is for every schedule length given in
+            epochs (warm-ups, last-layer freeze): ``null`` = one pass over the data;
+            DINOv2 counts 1250 iterations (``OFFICIAL_EPOCH_LENGTH``) whatever the data
+            and batch. The run length itself is the trainer's (max_steps / max_epochs).
         weight_decay, weight_decay_end: cosine weight-decay schedule (DINO: 0.04 -> 0.4).
-        grad_clip: clip the global gradient norm to this value (0 disables).
+        grad_clip: gradient-norm threshold (0 disables).
+        grad_clip_mode: ``per_parameter`` (DINO ``utils.clip_gradients``: each tensor's
+            gradient to norm <= grad_clip), ``per_module`` (DINOv2: each student
+            submodule, e.g. backbone and heads, clipped as a whole) or ``global`` (one
+            norm over every parameter).
         freeze_last_layer_epochs: lr of the head's last layer is 0 for this long (DINO).
         layer_decay, patch_embed_lr_mult: ViT lr multipliers (DINOv2); 1.0 disables.
         betas, momentum: optimizer constants (AdamW betas; SGD/LARS momentum).
@@ -43,6 +57,10 @@ class SSLMethod(L.LightningModule):
     """
 
     backbone_param_prefix = "student.backbone."
+    # DINO's reference drops the last layer's gradients while it is frozen
+    # (utils.cancel_gradients_last_layer), so AdamW keeps no moments for it; DINOv2's only
+    # sets its lr to 0. A method sets True to follow DINO.
+    cancel_frozen_last_layer_grads = False
 
     def __init__(
         self,
@@ -52,9 +70,11 @@ class SSLMethod(L.LightningModule):
         lr_scaling: str = "linear_256",
         min_lr: float = 1e-6,
         warmup_epochs: float = 10.0,
+        iterations_per_epoch: int | None = None,
         weight_decay: float = 0.04,
         weight_decay_end: float = 0.4,
         grad_clip: float = 3.0,
+        grad_clip_mode: str = "global",
         freeze_last_layer_epochs: float = 1.0,
         layer_decay: float = 1.0,
         patch_embed_lr_mult: float = 1.0,
@@ -71,6 +91,13 @@ class SSLMethod(L.LightningModule):
         _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
         _check("weight_decay_end", weight_decay_end >= 0, weight_decay_end, ">= 0")
         _check("grad_clip", grad_clip >= 0, grad_clip, ">= 0 (0 disables clipping)")
+        _check("grad_clip_mode", grad_clip_mode in _CLIP_MODES, grad_clip_mode, f"one of {_CLIP_MODES}")
+        _check(
+            "iterations_per_epoch",
+            iterations_per_epoch is None or (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1),
+            iterations_per_epoch,
+            "an int >= 1, or null for one pass over the data",
+        )
         _check("freeze_last_layer_epochs", freeze_last_layer_epochs >= 0, freeze_last_layer_epochs, ">= 0")
         _check("layer_decay", 0 < layer_decay <= 1, layer_decay, "in (0, 1]")
         _check("patch_embed_lr_mult", patch_embed_lr_mult >= 0, patch_embed_lr_mult, ">= 0")
@@ -79,9 +106,11 @@ class SSLMethod(L.LightningModule):
         self.lr_scaling = lr_scaling
         self.min_lr = min_lr
         self.warmup_epochs = warmup_epochs
+        self.iterations_per_epoch = iterations_per_epoch
         self.weight_decay = weight_decay
         self.weight_decay_end = weight_decay_end
         self.grad_clip = grad_clip
+        self.grad_clip_mode = grad_clip_mode
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
         self.layer_decay = layer_decay
         self.patch_embed_lr_mult = patch_embed_lr_mult
@@ -116,11 +145,18 @@ class SSLMethod(L.LightningModule):
     # --- schedules ------------------------------------------------------------------------
 
     def setup_schedules(self, total_steps: int, steps_per_epoch: int, global_batch_size: int) -> None:
+        """Size every schedule: ``total_steps`` optimizer steps, epochs of
+        ``steps_per_epoch`` steps, lr scaled from ``global_batch_size``."""
         self.total_steps = max(int(total_steps), 1)
         self.steps_per_epoch = max(int(steps_per_epoch), 1)
         self.peak_lr = self.base_lr * _LR_SCALING[self.lr_scaling](global_batch_size)
         self.warmup_steps = min(self.epochs_to_steps(self.warmup_epochs), self.total_steps)
         self.freeze_last_layer_steps = min(self.epochs_to_steps(self.freeze_last_layer_epochs), self.total_steps)
+
+    def plan_schedules(self, run: RunLength, global_batch_size: int) -> None:
+        """What the trainer does at the start of fit, given the run length: an epoch is
+        ``iterations_per_epoch`` if set, else one pass over the data."""
+        self.setup_schedules(run.total_steps, self.iterations_per_epoch or run.steps_per_data_epoch, global_batch_size)
 
     def epochs_to_steps(self, epochs: float) -> int:
         return int(math.ceil(epochs * self.steps_per_epoch))
@@ -131,23 +167,8 @@ class SSLMethod(L.LightningModule):
     def wd_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
 
-    def set_temperatures(
-        self, student_temp: float, teacher_temp: float, warmup_teacher_temp: float, warmup_teacher_temp_epochs: float
-    ) -> None:
-        """Validate and keep the student / teacher temperatures of the DINO family."""
-        _check("student_temp", student_temp > 0, student_temp, "> 0")
-        _check("teacher_temp", teacher_temp > 0, teacher_temp, "> 0")
-        _check("warmup_teacher_temp", warmup_teacher_temp > 0, warmup_teacher_temp, "> 0")
-        _check("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs >= 0, warmup_teacher_temp_epochs, ">= 0")
-        self.student_temp = student_temp
-        self.teacher_temp = teacher_temp
-        self.warmup_teacher_temp = warmup_teacher_temp
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-
-    def teacher_temp_at(self, step: int) -> float:
-        """Linear warm-up from warmup_teacher_temp to teacher_temp, then constant."""
-        warmup = self.epochs_to_steps(self.warmup_teacher_temp_epochs)
-        return linear_warmup(step, warmup, self.warmup_teacher_temp, self.teacher_temp)
+    def last_layer_lr_at(self, step: int) -> float:
+        return 0.0 if step < self.freeze_last_layer_steps else self.lr_at(step)
 
     def momentum_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
@@ -158,11 +179,10 @@ class SSLMethod(L.LightningModule):
         per_device = getattr(trainer.datamodule, "batch_size", None)
         if per_device is None:
             raise RuntimeError("the datamodule must expose batch_size (per device)")
-        self.setup_schedules(
-            total_steps=trainer.estimated_stepping_batches,
-            steps_per_epoch=math.ceil(trainer.num_training_batches / accumulate),
-            global_batch_size=per_device * trainer.world_size * accumulate,
+        run = plan_run_length(
+            trainer.num_training_batches, accumulate, max_epochs=trainer.max_epochs, max_steps=trainer.max_steps
         )
+        self.plan_schedules(run, global_batch_size=per_device * trainer.world_size * accumulate)
         self._last_teacher_step = trainer.global_step
 
     # --- Lightning hooks --------------------------------------------------------------------
@@ -179,17 +199,18 @@ class SSLMethod(L.LightningModule):
         extra = {"betas": self.betas} if self.optimizer_name.lower() == "adamw" else {"momentum": self.momentum}
         return build_optimizer(self.optimizer_name, groups, lr=self.base_lr, **extra)
 
-    def _apply_schedules(self, step: int) -> tuple[float, float]:
-        lr, wd = self.lr_at(step), self.wd_at(step)
-        frozen = step < self.freeze_last_layer_steps
-        for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = 0.0 if (group["is_last_layer"] and frozen) else lr * group["lr_multiplier"]
+    def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
+        """Set every parameter group's lr and weight decay for ``step``; returns the
+        backbone's base (lr, wd), before multipliers."""
+        lr, wd, last_layer_lr = self.lr_at(step), self.wd_at(step), self.last_layer_lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = (last_layer_lr if group["is_last_layer"] else lr) * group["lr_multiplier"]
             group["weight_decay"] = wd * group["wd_multiplier"]
         return lr, wd
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         step = self.trainer.global_step
-        lr, wd = self._apply_schedules(step)
+        lr, wd = self.apply_schedules(self.trainer.optimizers[0], step)
         loss, logs = self.compute_loss(batch, step)
         # A non-finite loss stays non-finite: checking every 25 steps catches it early
         # without a host-device sync on every step.
@@ -205,10 +226,31 @@ class SSLMethod(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=batch_size)
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.cancel_frozen_last_layer_grads and self.trainer.global_step < self.freeze_last_layer_steps:
+            for group in optimizer.param_groups:
+                if group["is_last_layer"]:
+                    for param in group["params"]:
+                        param.grad = None
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.grad_clip
-        if clip:
+        if not clip:
+            return
+        if self.grad_clip_mode == "global":
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        elif self.grad_clip_mode == "per_parameter":
+            clip_grad_norm_per_parameter(self.parameters(), clip)
+        else:
+            clip_grad_norm_per_module(self.clip_modules(), clip)
+
+    def clip_modules(self) -> list[nn.Module]:
+        """The units of ``per_module`` clipping: each student submodule (backbone, heads),
+        plus the method's other trainable modules (e.g. BYOL's predictor)."""
+        modules = list(self.student.values())
+        modules += [m for name, m in self.named_children() if name not in ("student", "teacher")
+                    and any(p.requires_grad for p in m.parameters())]
+        return modules
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # global_step counts real optimizer steps: under gradient accumulation it only
@@ -225,6 +267,8 @@ class SSLMethod(L.LightningModule):
             set_teacher_mode(self.teacher)
         return self
 
+
+_CLIP_MODES = ("per_parameter", "per_module", "global")
 
 _LR_SCALING = {
     "linear_256": lambda batch: batch / 256,

@@ -15,6 +15,7 @@ from torch import nn
 
 from ssl_zoo.losses import build_teacher_targets, dino_loss
 from ssl_zoo.methods.base import SSLMethod, _check
+from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
@@ -29,12 +30,17 @@ class DINO(SSLMethod):
         student_temp: 0.1.
         teacher_temp: final teacher temperature (0.04; 0.07 for longer runs).
         warmup_teacher_temp, warmup_teacher_temp_epochs: linear warm-up of the teacher
-            temperature from this value over this many epochs (0.04 over 30 in the paper).
+            temperature from this value over this many whole epochs, one value per epoch
+            as in main_dino.py (0.04 over 30 in the paper's longer runs).
         teacher_targets: ``centering`` (the paper) or ``sinkhorn_knopp``.
         center_momentum: EMA of the center (0.9).
         momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine (0.996).
-        **optim: see :class:`SSLMethod`.
+        **optim: see :class:`SSLMethod`; gradients are clipped per parameter
+            (``grad_clip_mode=per_parameter``) and the frozen last layer gets no
+            gradient, as in main_dino.py.
     """
+
+    cancel_frozen_last_layer_grads = True
 
     def __init__(
         self,
@@ -53,8 +59,11 @@ class DINO(SSLMethod):
         center_momentum: float = 0.9,
         **optim: Any,
     ) -> None:
+        optim.setdefault("grad_clip_mode", "per_parameter")
         super().__init__(backbone, **optim)
-        self.set_temperatures(student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs)
+        self.temperatures = Temperatures(
+            student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=True
+        )
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
         head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})
@@ -68,6 +77,9 @@ class DINO(SSLMethod):
     @property
     def eval_backbone(self) -> nn.Module:
         return self.teacher["backbone"]  # DINO reports the teacher (Caron et al. 2021, sec. 3.1)
+
+    def teacher_temp_at(self, step: int) -> float:
+        return self.temperatures.teacher_at(step, self.steps_per_epoch)
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]
@@ -86,7 +98,7 @@ class DINO(SSLMethod):
             teacher_probs,
             n_student_views=student_logits.shape[0] // n_images,
             n_teacher_views=2,
-            student_temp=self.student_temp,
+            student_temp=self.temperatures.student,
         )
         self.targets.update(teacher_logits)
         logs = {"dino_loss": loss.detach(), "teacher_temp": teacher_temp, "teacher_momentum": self.momentum_at(step)}

@@ -17,6 +17,7 @@ from torch import nn
 
 from ssl_zoo.losses import build_teacher_targets, dinov2_objective
 from ssl_zoo.methods.base import SSLMethod, _check
+from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
@@ -32,13 +33,17 @@ class DINOv2(SSLMethod):
         separate_ibot_head: a second head for patches, or one
             shared head for CLS and patch tokens (the reference default, ibot.separate_head false).
         student_temp: 0.1. teacher_temp / warmup_teacher_temp /
-            warmup_teacher_temp_epochs: 0.07 / 0.04 / 30.
+            warmup_teacher_temp_epochs: 0.07 / 0.04 / 30, warmed up per iteration.
         teacher_targets: ``centering`` (the reference default) or ``sinkhorn_knopp``.
         center_momentum: 0.9; sinkhorn_iterations: 3.
         dino_weight, ibot_weight, koleo_weight: 1.0, 1.0, 0.1.
         momentum_teacher: 0.992 (cosine to 1).
         **optim: see :class:`SSLMethod`; the reference uses layer_decay 0.9,
-            patch_embed_lr_mult 0.2, freeze_last_layer_epochs 1.
+            patch_embed_lr_mult 0.2, freeze_last_layer_epochs 1, epochs of 1250
+            iterations and gradients clipped per student submodule (the default here).
+
+    The heads' last layers keep a trainable weight-norm magnitude (initialised to 1), as
+    in dinov2 ``layers/dino_head.py``; DINO v1 fixes it (``norm_last_layer``).
     """
 
     def __init__(
@@ -62,8 +67,11 @@ class DINOv2(SSLMethod):
         koleo_weight: float = 0.1,
         **optim: Any,
     ) -> None:
+        optim.setdefault("grad_clip_mode", "per_module")
         super().__init__(backbone, **optim)
-        self.set_temperatures(student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs)
+        self.temperatures = Temperatures(
+            student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=False
+        )
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
         _check("sinkhorn_iterations", sinkhorn_iterations >= 1, sinkhorn_iterations, ">= 1")
         _check("dino_weight", dino_weight > 0, dino_weight, "> 0 (the CLS term is DINOv2's core)")
@@ -76,9 +84,10 @@ class DINOv2(SSLMethod):
             )
         backbone.enable_mask_token("dinov2")
         self.weights = {"dino_weight": dino_weight, "ibot_weight": ibot_weight, "koleo_weight": koleo_weight}
-        modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers)}
+        head_dims = {"hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim, "n_layers": head_layers, "norm_last_layer": False}
+        modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, **head_dims)}
         if separate_ibot_head:
-            modules["ibot_head"] = DINOHead(backbone.embed_dim, ibot_out_dim, hidden_dim, bottleneck_dim, head_layers)
+            modules["ibot_head"] = DINOHead(backbone.embed_dim, ibot_out_dim, **head_dims)
         self.student = nn.ModuleDict(modules)
         self.teacher = make_teacher(self.student)
         kinds = {"center_momentum": center_momentum, "n_iterations": sinkhorn_iterations}
@@ -92,6 +101,9 @@ class DINOv2(SSLMethod):
     @property
     def eval_backbone(self) -> nn.Module:
         return self.teacher["backbone"]
+
+    def teacher_temp_at(self, step: int) -> float:
+        return self.temperatures.teacher_at(step, self.steps_per_epoch)
 
     @staticmethod
     def _heads(net: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +142,7 @@ class DINOv2(SSLMethod):
             patch_weights,
             n_images=n_global_rows,
             n_local_views=(s_cls.shape[0] - n_global_rows) // n_images,
-            student_temp=self.student_temp,
+            student_temp=self.temperatures.student,
             **self.weights,
         )
         self.cls_targets.update(t_cls)

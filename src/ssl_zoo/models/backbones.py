@@ -17,6 +17,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 
@@ -28,6 +29,9 @@ class Backbone(nn.Module):
         small_image_stem: for ResNets on ~32 px images: stride 1 in the first stem conv
             and no max-pool (as CIFAR ResNets do), so the last stage keeps a 4x4 map
             instead of collapsing to 1x1. Ignored for models without a ResNet stem.
+        drop_path_uniform: every transformer block gets ``drop_path_rate`` (DINOv2's
+            ``drop_path_uniform``) instead of timm's linear ramp from 0 at the first
+            block to ``drop_path_rate`` at the last (DINO's rule).
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``,
             ``patch_size``, ``depth``, ``drop_path_rate``, ``init_values`` for layer
             scale, ``dynamic_img_size``).
@@ -37,6 +41,7 @@ class Backbone(nn.Module):
         self,
         model_name: str,
         small_image_stem: bool = False,
+        drop_path_uniform: bool = False,
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -56,6 +61,8 @@ class Backbone(nn.Module):
             self.patch_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         if small_image_stem:
             _make_small_image_stem(self.model, model_name)
+        if drop_path_uniform:
+            _make_drop_path_uniform(self.model, model_name, float(model_kwargs.get("drop_path_rate", 0.0)))
         self.mask_token: nn.Parameter | None = None
         self._masks: torch.Tensor | None = None
 
@@ -69,6 +76,10 @@ class Backbone(nn.Module):
         if self.mask_token is None:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             self.model.patch_embed.register_forward_hook(self._apply_mask_token)
+
+    def drop_path_rates(self) -> list[float]:
+        """The stochastic-depth rate of each transformer block (0 where it has none)."""
+        return [_block_drop_path_rate(block) for block in getattr(self.model, "blocks", [])]
 
     @property
     def has_patch_tokens(self) -> bool:
@@ -106,3 +117,21 @@ def _make_small_image_stem(model: nn.Module, model_name: str) -> None:
         )
     first_conv.stride = (1, 1)
     model.maxpool = nn.Identity()
+
+
+def _block_drop_path_rate(block: nn.Module) -> float:
+    drop_path = getattr(block, "drop_path1", None)
+    return float(drop_path.drop_prob) if isinstance(drop_path, DropPath) else 0.0
+
+
+def _make_drop_path_uniform(model: nn.Module, model_name: str, rate: float) -> None:
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(b, "drop_path1") and hasattr(b, "drop_path2") for b in blocks):
+        raise ValueError(
+            f"backbone.drop_path_uniform=true needs transformer blocks with drop_path1/2 "
+            f"(timm ViTs); '{model_name}' has none: set backbone.drop_path_uniform=false."
+        )
+    # timm builds a linear ramp (block 0 gets an Identity); give every block the same rate.
+    for block in blocks:
+        block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+        block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()

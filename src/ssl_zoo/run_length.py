@@ -1,0 +1,104 @@
+"""How long a run is, in optimizer steps, from the trainer's two limits and the data.
+
+One rule, used by training (``SSLMethod.on_train_start``), by the checks before training
+(``ssl_zoo.train``) and by the recipe parity test (which simulates a cluster's world
+size and data size without loading anything):
+
+- ``trainer.max_steps > 0`` alone: exactly that many optimizer steps;
+- ``trainer.max_epochs`` alone: that many passes over the data;
+- both: they must describe the same run, otherwise the run stops at whichever comes first
+  (Lightning's rule) and the schedules would be sized for the wrong one, so
+  :func:`plan_run_length` refuses it.
+
+The trainer presets set ``max_epochs: ${epochs_unless_max_steps:2,${.max_steps}}``, so a
+``trainer.max_steps=N`` override on its own means N steps (``max_epochs`` becomes null).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class RunLengthError(ValueError):
+    """trainer.max_steps / trainer.max_epochs that don't describe one finite run."""
+
+
+@dataclass(frozen=True)
+class RunLength:
+    total_steps: int  # optimizer steps of the whole run
+    steps_per_data_epoch: int  # optimizer steps per pass over the training data
+
+
+def epochs_unless_max_steps(epochs: int | None, max_steps: int | None) -> int | None:
+    """The trainer presets' default ``max_epochs``: ``epochs``, or ``None`` once
+    ``max_steps`` is set (> 0), so that max_steps alone decides the run length."""
+    if max_steps is not None and int(max_steps) > 0:
+        return None
+    return epochs
+
+
+def batches_per_epoch(dataset_size: int, world_size: int, batch_size: int, drop_last: bool = True) -> int:
+    """Batches each process draws per pass over ``dataset_size`` samples.
+
+    Mirrors DistributedSampler (every rank gets ceil(N / world) samples, padded by
+    repetition) followed by a DataLoader with ``drop_last`` (ssl_zoo's training loader
+    drops the last partial batch, as DINO and DINOv2 do)."""
+    if dataset_size < 1 or world_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"dataset_size, world_size and batch_size must be >= 1, got {dataset_size}, "
+            f"{world_size}, {batch_size}"
+        )
+    per_rank = math.ceil(dataset_size / world_size)
+    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+
+
+def plan_run_length(
+    batches_per_epoch: int | float,
+    accumulate_grad_batches: int = 1,
+    max_epochs: int | None = None,
+    max_steps: int | None = -1,
+) -> RunLength:
+    """The run's optimizer steps from the trainer limits (``-1`` or ``None`` = unset).
+
+    Args:
+        batches_per_epoch: batches per process per pass over the data (Lightning's
+            ``trainer.num_training_batches``); ``inf`` for a stream of unknown length.
+        accumulate_grad_batches: batches per optimizer step (Lightning steps on the last
+            batch of an epoch too, hence the ceil).
+        max_epochs, max_steps: ``trainer.max_epochs`` / ``trainer.max_steps``.
+
+    Raises:
+        RunLengthError: neither limit set, or both set and disagreeing, naming both keys.
+    """
+    steps_set = max_steps is not None and max_steps > 0
+    epochs_set = max_epochs is not None and max_epochs > 0
+    finite = math.isfinite(batches_per_epoch)
+    per_epoch = math.ceil(batches_per_epoch / accumulate_grad_batches) if finite else None
+    if per_epoch == 0:
+        raise RunLengthError(
+            "an epoch has no full batch: the training set is smaller than data.batch_size "
+            "x devices x num_nodes; lower data.batch_size or add data"
+        )
+    if not steps_set and not epochs_set:
+        raise RunLengthError(
+            f"trainer.max_steps={max_steps} and trainer.max_epochs={max_epochs}: the run has "
+            "no end; set trainer.max_steps=N (optimizer steps) or trainer.max_epochs=N"
+        )
+    if not finite:
+        if not steps_set:
+            raise RunLengthError(
+                f"the training data has no known length, so trainer.max_epochs={max_epochs} "
+                "gives no step count for the schedules: set trainer.max_steps=N (and "
+                "trainer.max_epochs=null), or give data=shards its index / data.num_samples"
+            )
+        return RunLength(total_steps=int(max_steps), steps_per_data_epoch=int(max_steps))
+    if steps_set and epochs_set and max_steps != max_epochs * per_epoch:
+        raise RunLengthError(
+            f"trainer.max_steps={max_steps} and trainer.max_epochs={max_epochs} disagree: "
+            f"{max_epochs} epochs of this data are {max_epochs} x {per_epoch} = "
+            f"{max_epochs * per_epoch} optimizer steps. Keep one and set the other to null "
+            f"(e.g. trainer.max_epochs=null to run exactly {max_steps} steps)"
+        )
+    total = int(max_steps) if steps_set else int(max_epochs) * per_epoch
+    return RunLength(total_steps=total, steps_per_data_epoch=per_epoch)
