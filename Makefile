@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast bench bench-data lint clean
+.PHONY: install train test test-fast bench bench-data bench-quality lint clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: DINO pretraining + kNN evaluation on the embedded shapes data, on CPU.
+# The main job: DINO pretraining + kNN evaluation on the embedded texels data, on CPU.
 train: $(STAMP)
 	$(BIN)/ssl-zoo train $(ARGS)
 
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py $(ARGS)
+
+# Does training learn? kNN curves of real runs (ARGS="--suite default-data" or "--suite cifar10").
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -34,7 +34,8 @@ def test_train_writes_summary_checkpoint_and_offline_wandb(tmp_path):
     # W&B by default, offline: its files land in the run directory, nothing is uploaded.
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs, list(run_dir.iterdir())
-    assert "kNN top-1 at step 0" in result.stdout and "Resume" in result.stdout
+    assert "kNN top-1 (k=20, T=0.07)" in result.stdout and "raw pixels" in result.stdout
+    assert "Resume" in result.stdout and (run_dir / "learning_curve.png").is_file()
 
 
 def test_resume_continues_from_the_checkpoint_step(tmp_path):

@@ -10,8 +10,8 @@ size and data size without loading anything):
   (Lightning's rule) and the schedules would be sized for the wrong one, so
   :func:`plan_run_length` refuses it.
 
-The trainer presets set ``max_epochs: ${epochs_unless_max_steps:2,${.max_steps}}``, so a
-``trainer.max_steps=N`` override on its own means N steps (``max_epochs`` becomes null).
+The trainer and experiment presets set ``max_epochs: ${epochs_unless_max_steps:E,${.max_steps}}``,
+so a ``trainer.max_steps=N`` override on its own means N steps (``max_epochs`` becomes null).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.knn import KNNEvaluator
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
@@ -163,6 +164,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     knn = _find(parts["callbacks"], KNNEvaluator)
     throughput = _find(parts["callbacks"], Throughput)
+    curve = _find(parts["callbacks"], LearningCurve)
     checkpoint = trainer.checkpoint_callback
     ckpt = None
     if checkpoint is not None:
@@ -175,7 +177,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "data": _target_name(cfg.data.train_set),
         "knn_top1_start": knn.start_top1 if knn else None,
         "knn_top1_end": knn.last_top1 if knn else None,
+        "knn_top1_raw_pixels": knn.raw_pixel_top1 if knn else None,
+        "knn_k": knn.k if knn else None,
+        "knn_temperature": knn.temperature if knn else None,
         "knn_history": [{"step": s, "top1": v} for s, v in knn.history] if knn else [],
+        "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
@@ -201,13 +207,20 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
     table = Table(title=f"ssl_zoo: {summary['method']} on {summary['data']} ({summary['backbone']})", show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths wrap whole instead of ending in an ellipsis
-    table.add_row("kNN top-1 at step 0", pct(summary["knn_top1_start"]))
-    table.add_row(f"kNN top-1 at step {summary['steps']}", pct(summary["knn_top1_end"]))
+    if summary["knn_k"] is not None:
+        start, end, raw = summary["knn_top1_start"], summary["knn_top1_end"], summary["knn_top1_raw_pixels"]
+        gain = "" if start is None or end is None else f"  ({100 * (end - start):+.2f} points)"
+        table.add_row(
+            f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']})",
+            f"step 0: {pct(start)}  ->  step {summary['steps']}: {pct(end)}{gain}\nraw pixels: {pct(raw)}",
+        )
     ips = summary["images_per_sec"]
     table.add_row("training images/s (median)", "n/a" if ips is None else f"{ips:.1f}")
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
     if summary["bad_images"]:
         table.add_row("bad images skipped", f"{summary['bad_images']} (e.g. {summary['bad_image_examples'][0]})")
+    if summary["learning_curve"]:
+        table.add_row("learning curve", summary["learning_curve"])
     table.add_row("checkpoint", str(summary["checkpoint"]))
     table.add_row("summary", f"{summary['run_dir']}/summary.json")
     console = Console()
@@ -215,7 +228,6 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
     if summary["checkpoint"]:
         console.print(
             "Resume (or train longer) with:\n"
-            f"  ssl-zoo train <same overrides> ckpt_path={summary['checkpoint']} trainer.max_epochs=<more>\n"
-            "The kNN numbers above are the evaluation (weighted kNN, k=20, T=0.07, on the val split).",
+            f"  ssl-zoo train <same overrides> ckpt_path={summary['checkpoint']} trainer.max_epochs=<more>",
             soft_wrap=True,  # one line per command, so it copies whole
         )

@@ -1,9 +1,18 @@
-"""Online weighted-kNN evaluation of the backbone (DINO's protocol, k=20, T=0.07).
+"""Online weighted-kNN evaluation of the backbone (DINO's protocol; k and T configurable).
 
 Runs at step 0 (the random initialisation, the baseline every curve starts from), every
 ``every_n_steps`` optimizer steps, and at the end of training. Each process extracts the
 features of its share of the memory bank and queries; they are gathered so every process
 scores the full split.
+
+The step-0 baseline is fair: BatchNorm running statistics still at their initial values
+(mean 0, variance 1) would make a random network look worse than it is, and the first few
+training steps would then "gain" points by merely replacing them. Before the step-0
+evaluation the evaluated backbone's running statistics are therefore recalibrated on
+``recalibrate_batches`` batches of the memory bank (the training images, eval transform).
+
+Next to the curve, the same protocol on raw pixels (the eval-transformed images,
+flattened) tells whether the network learned more than the pixels already hold.
 """
 
 from __future__ import annotations
@@ -20,14 +29,37 @@ from ssl_zoo.eval.knn import knn_class_scores
 
 
 class KNNEvaluator(L.Callback):
-    def __init__(self, k: int = 20, temperature: float = 0.07, every_n_steps: int = 0) -> None:
+    """Args:
+    k, temperature: the weighted-kNN protocol (DINO: k=20, T=0.07; CIFAR benchmarks
+        often k=200, T=0.1).
+    every_n_steps: also evaluate every N optimizer steps (0: start and end only).
+    recalibrate_batches: bank batches that set the BatchNorm statistics before step 0.
+    raw_pixel_baseline: also score raw pixels once (skipped, with a message, when the
+        bank's pixels would need more than ``raw_pixel_max_gb`` of memory).
+    """
+
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float = 0.07,
+        every_n_steps: int = 0,
+        recalibrate_batches: int = 4,
+        raw_pixel_baseline: bool = True,
+        raw_pixel_max_gb: float = 2.0,
+    ) -> None:
         if k < 1:
             raise ValueError(f"callbacks.knn.k must be >= 1, got {k}")
         if temperature <= 0:
             raise ValueError(f"callbacks.knn.temperature must be > 0, got {temperature}")
         if every_n_steps < 0:
             raise ValueError(f"callbacks.knn.every_n_steps must be >= 0 (0: start and end only), got {every_n_steps}")
+        if recalibrate_batches < 0:
+            raise ValueError(f"callbacks.knn.recalibrate_batches must be >= 0, got {recalibrate_batches}")
         self.k = k
+        self.recalibrate_batches = recalibrate_batches
+        self.raw_pixel_baseline = raw_pixel_baseline
+        self.raw_pixel_max_gb = raw_pixel_max_gb
+        self.raw_pixel_top1: float | None = None
         self.temperature = temperature
         self.every_n_steps = every_n_steps
         self.history: list[tuple[int, float]] = []
@@ -44,8 +76,8 @@ class KNNEvaluator(L.Callback):
         return bool(getattr(trainer.datamodule, "has_knn", False))
 
     @torch.no_grad()
-    def _features(self, pl_module: L.LightningModule, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        backbone = pl_module.eval_backbone
+    def _features(self, pl_module: L.LightningModule, loader, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        backbone = (lambda images: {"cls": images.flatten(1)}) if raw else pl_module.eval_backbone
         was_training = pl_module.training
         pl_module.eval()  # every module, the teacher's BatchNorm included: running statistics
         feats, labels = [], []
@@ -58,30 +90,63 @@ class KNNEvaluator(L.Callback):
         pl_module.train(was_training)
         return distributed.all_gather_cat(torch.cat(feats)), distributed.all_gather_cat(torch.cat(labels))
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
-        start = time.perf_counter()
+    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str, raw: bool = False):
         datamodule = trainer.datamodule
         bank_loader, query_loader = datamodule.knn_dataloaders()
-        bank, bank_labels = self._features(pl_module, bank_loader)
-        queries, query_labels = self._features(pl_module, query_loader)
+        bank, bank_labels = self._features(pl_module, bank_loader, raw)
+        queries, query_labels = self._features(pl_module, query_loader, raw)
         num_classes = datamodule.num_classes()
         scores = knn_class_scores(bank, bank_labels, queries, num_classes, self.k, self.temperature)
-        metrics = {"knn/top1": MulticlassAccuracy(num_classes, top_k=1, average="micro").to(scores.device)}
+        metrics = {f"{prefix}/top1": MulticlassAccuracy(num_classes, top_k=1, average="micro").to(scores.device)}
         if num_classes > 5:
-            metrics["knn/top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro").to(scores.device)
+            metrics[f"{prefix}/top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro").to(scores.device)
         values = {name: float(metric(scores, query_labels)) for name, metric in metrics.items()}
+        return values, len(queries), len(bank)
+
+    def evaluate_raw_pixels(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+        """The same kNN on flattened eval-transformed pixels (once per run)."""
+        start = time.perf_counter()
+        datamodule = trainer.datamodule
+        bank_size = len(datamodule.knn_train)
+        image = datamodule.knn_train[0][0]
+        gigabytes = bank_size * image.numel() * 4 / 1e9
+        if gigabytes > self.raw_pixel_max_gb:
+            rank_zero_info(
+                f"kNN on raw pixels skipped: the bank's pixels need {gigabytes:.1f} GB "
+                f"(> callbacks.knn.raw_pixel_max_gb={self.raw_pixel_max_gb})"
+            )
+            return None
+        values, n_queries, n_bank = self._score(trainer, pl_module, "knn_raw_pixels", raw=True)
+        self.raw_pixel_top1 = values["knn_raw_pixels/top1"]
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+        rank_zero_info(
+            f"kNN (k={self.k}, T={self.temperature}) on raw pixels: top-1 "
+            f"{100 * self.raw_pixel_top1:.2f}% ({n_queries} queries, {n_bank} in the bank, "
+            f"{time.perf_counter() - start:.1f}s)"
+        )
+        return self.raw_pixel_top1
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        start = time.perf_counter()
+        values, n_queries, n_bank = self._score(trainer, pl_module, "knn")
         step = trainer.global_step
         self.history.append((step, values["knn/top1"]))
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
         rank_zero_info(
             f"kNN (k={self.k}, T={self.temperature}) at step {step}: top-1 {100 * values['knn/top1']:.2f}% "
-            f"({len(queries)} queries, {len(bank)} in the bank, {time.perf_counter() - start:.1f}s)"
+            f"({n_queries} queries, {n_bank} in the bank, {time.perf_counter() - start:.1f}s)"
         )
         return values["knn/top1"]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled(trainer) and not self.history and trainer.global_step == 0:
+            if self.raw_pixel_baseline:
+                self.evaluate_raw_pixels(trainer, pl_module)
+            if self.recalibrate_batches:
+                bank_loader, _ = trainer.datamodule.knn_dataloaders()
+                recalibrate_batchnorm(pl_module.eval_backbone, bank_loader, self.recalibrate_batches, pl_module.device)
             self.evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -94,3 +159,29 @@ class KNNEvaluator(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled(trainer) and (not self.history or self.history[-1][0] != trainer.global_step):
             self.evaluate(trainer, pl_module)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader, num_batches: int, device: torch.device) -> int:
+    """Replace the running statistics of every BatchNorm in ``model`` by the exact mean
+    and variance over the first ``num_batches`` batches of ``loader`` (cumulative
+    average); weights and every other module's state are untouched. Returns the number
+    of images seen (0 when the model has no BatchNorm)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: equal weight for every batch
+        m.train()
+    seen = 0
+    for index, (images, _) in enumerate(loader):
+        if index == num_batches:
+            break
+        model(images.to(device))
+        seen += images.shape[0]
+    for m, (momentum, training) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    return seen

@@ -1,0 +1,158 @@
+"""Does training learn? kNN curves of real runs, written into the docs.
+
+    make bench-quality ARGS="--suite default-data"   # docs/default_data.md (~30 min)
+    make bench-quality ARGS="--suite cifar10"        # docs/benchmarks.md
+
+default-data: each procedural generator (the candidates for the embedded default) under
+the same budget as `make train` (8,000 train / 2,000 val images, 2 epochs of 64): the
+kNN on raw pixels, at random init (BatchNorm recalibrated), after a supervised run of the
+same budget (the ceiling) and after each method on its defaults.
+
+cifar10: the experiment=cifar10_* presets on ../shared/datasets/cifar10 with the
+k=200, T=0.1 protocol (20,000 train images as the bank, 10,000 val queries).
+
+Every run goes through the real config composition and Lightning loop (``train``); its
+curve is kept (summary.json, learning_curve.png) under outputs/quality/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+from report import cpu_facts, write_section
+
+from ssl_zoo.config import compose_config
+from ssl_zoo.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["~logger", "callbacks.progress=null", "callbacks.checkpoint=null"]
+
+GENERATORS = {  # data config -> what the class is
+    "shapes": "one large shape (the old default)",
+    "texels": "many small copies of one shape (the default)",
+    "patterns": "a texture family (stripes, dots, bricks, ...)",
+    "fractals": "one iterated-function system (FractalDB-like)",
+}
+METHODS = ["supervised", "dino", "byol", "dinov2"]
+
+
+def run(tag: str, overrides: list[str], out: Path) -> dict:
+    run_dir = out / tag
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary = train(compose_config([*QUIET, *overrides], run_dir), run_dir)
+    summary["wall"] = time.perf_counter() - started
+    print(f"{tag}: {json.dumps({k: summary[k] for k in ('knn_top1_start', 'knn_top1_end', 'knn_top1_raw_pixels')})}"
+          f" in {summary['wall']:.0f} s", flush=True)
+    return summary
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+STUDY_RESULTS = ROOT / "docs" / "default_data.json"  # every run so far, so suites can be run in parts
+
+
+def default_data(args: argparse.Namespace, out: Path) -> None:
+    stored = json.loads(STUDY_RESULTS.read_text()) if STUDY_RESULTS.exists() else {}
+    keep = ("knn_top1_start", "knn_top1_end", "knn_top1_raw_pixels", "knn_history", "steps", "wall", "backbone")
+    for data in args.generators:
+        for m in args.methods:
+            summary = run(f"{data}_{m}", [f"data={data}", f"method={m}", f"seed={args.seed}"], out)
+            stored.setdefault(data, {})[m] = {k: summary[k] for k in keep}
+            STUDY_RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
+    rows, curves = [], {}
+    for data in (g for g in GENERATORS if g in stored):
+        results = stored[data]
+        first = results.get("dino") or next(iter(results.values()))
+        rows.append(
+            f"| `data={data}` | {GENERATORS[data]} | {pct(first['knn_top1_raw_pixels'])} | "
+            f"{pct(first['knn_top1_start'])} | "
+            + " | ".join(f"{pct(results[m]['knn_top1_end'])}" if m in results else "not run" for m in METHODS)
+            + " |"
+        )
+        curves[data] = {m: r["knn_history"] for m, r in results.items()}
+    header = (
+        f"Measured {datetime.date.today()} on {cpu_facts()}, run seed {args.seed}, with "
+        "`python benchmarks/quality.py --suite default-data` (results kept in "
+        "docs/default_data.json). kNN top-1 (%) on the 2,000 val "
+        "images with the 8,000 train images as the bank (k=20, T=0.07). Each method after "
+        "the default budget (2 epochs = 250 steps of 64 images) on its default config; "
+        "'supervised' is `method=supervised` (labels, same backbone, views and budget). The "
+        "random-init column is the resnet10t at step 0 (BatchNorm statistics recalibrated on "
+        "the bank); DINOv2's `vit_mini` starts from its own random init (in the json).\n\n"
+        "| data | the class is | raw pixels | random init (resnet10t) | " + " | ".join(METHODS) + " |\n"
+        "|---|---|---|---|" + "---|" * len(METHODS) + "\n" + "\n".join(rows) + "\n\n"
+        "![kNN top-1 against the step per generator and method](img/default_data.png)\n"
+    )
+    plot_curves(curves, ROOT / "docs" / "img" / "default_data.png")
+    write_section(ROOT / "docs" / "default_data.md", "<!-- quality:default-data:begin -->",
+                  "<!-- quality:default-data:end -->", header)
+
+
+def cifar10(args: argparse.Namespace, out: Path) -> None:
+    rows, curves = [], {}
+    for method in args.methods:
+        overrides = [f"experiment=cifar10_{method}", f"seed={args.seed}", *args.overrides]
+        result = run(f"cifar10_{method}", overrides, out)
+        curves[method] = result["knn_history"]
+        rows.append(
+            f"| `experiment=cifar10_{method}` | {result['backbone']} | {result['steps']} | "
+            f"{pct(result['knn_top1_start'])} | {pct(result['knn_top1_end'])} | {result['wall'] / 60:.1f} |"
+        )
+    header = (
+        f"Measured {datetime.date.today()} on {cpu_facts()}, seed {args.seed}, with "
+        f"`python benchmarks/quality.py --suite cifar10 {' '.join(args.overrides)}`. kNN top-1 (%), "
+        "k=200, T=0.1, the 20,000 train images as the bank, the 10,000 val images as queries.\n\n"
+        "| preset | backbone | steps | random init | end | wall (min) |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n\n![kNN top-1 against the step](img/cifar10_quality.png)\n"
+    )
+    plot_curves({"CIFAR-10": curves}, ROOT / "docs" / "img" / "cifar10_quality.png")
+    write_section(ROOT / "docs" / "benchmarks.md", "<!-- quality:cifar10:begin -->", "<!-- quality:cifar10:end -->",
+                  "## Learning on CIFAR-10 (`make bench-quality`)\n\n" + header)
+
+
+def plot_curves(panels: dict[str, dict[str, list[dict]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    for ax, (title, methods) in zip(axes[0], panels.items(), strict=True):
+        for method, history in methods.items():
+            ax.plot([h["step"] for h in history], [100 * h["top1"] for h in history], marker="o", ms=3, label=method)
+        ax.set(title=title, xlabel="optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("kNN top-1 (%)")
+    axes[0][-1].legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["default-data", "cifar10"], required=True)
+    parser.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=list(GENERATORS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the suite")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (cifar10 suite)")
+    args = parser.parse_args()
+    out = ROOT / "outputs" / "quality" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if args.suite == "default-data":
+        args.methods = args.methods or METHODS
+        default_data(args, out)
+    else:
+        args.methods = args.methods or ["byol", "dino", "dinov2"]
+        cifar10(args, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""kNN evaluation (fair step-0 baseline, raw pixels, configurable protocol) and the
+learning-curve PNG, through the real config composition and Lightning loop."""
+
+import pytest
+import torch
+from torch import nn
+
+from ssl_zoo.callbacks.curve import LearningCurve
+from ssl_zoo.callbacks.knn import KNNEvaluator, recalibrate_batchnorm
+from ssl_zoo.train import build_all, train
+from tests.conftest import TINY_DATA, TINY_HEAD
+
+
+def test_recalibration_sets_exact_batch_statistics_and_keeps_the_weights():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+    model.eval()
+    weights = [p.clone() for p in model.parameters()]
+    images = torch.randn(48, 3, 8, 8) * 3 + 2
+    loader = [(images[i : i + 16], None) for i in range(0, 48, 16)]
+    assert recalibrate_batchnorm(model, loader, num_batches=2, device=torch.device("cpu")) == 32
+    # the cumulative average of the two batches' statistics (BatchNorm keeps unbiased variances)
+    batches = [model[0](images[i : i + 16]) for i in (0, 16)]
+    mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in batches]).mean(0)
+    var = torch.stack([x.var(dim=(0, 2, 3)) for x in batches]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model[1].running_var, var, rtol=1e-4, atol=1e-5)
+    assert model[1].momentum == 0.1 and not model[1].training  # restored
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+def test_bad_knn_arguments_name_the_key():
+    with pytest.raises(ValueError, match="callbacks.knn.recalibrate_batches"):
+        KNNEvaluator(recalibrate_batches=-1)
+    with pytest.raises(ValueError, match="callbacks.knn.k"):
+        KNNEvaluator(k=0)
+
+
+@pytest.mark.slow
+def test_a_run_reports_start_end_raw_pixels_and_draws_its_curve(compose_cfg, tmp_path, capsys):
+    overrides = [*TINY_DATA, *TINY_HEAD, "~logger", "callbacks.progress=null", "callbacks.checkpoint=null",
+                 "trainer.max_steps=6", "callbacks.knn.every_n_steps=3", "callbacks.knn.k=7",
+                 "callbacks.knn.temperature=0.2"]
+    summary = train(compose_cfg(overrides), tmp_path)
+    assert [h["step"] for h in summary["knn_history"]] == [0, 3, 6]
+    assert 0.0 <= summary["knn_top1_raw_pixels"] <= 1.0
+    assert (summary["knn_k"], summary["knn_temperature"]) == (7, 0.2)
+    png = tmp_path / "learning_curve.png"
+    assert summary["learning_curve"] == str(png.resolve())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "k=7, T=0.2" in printed and "raw pixels" in printed and "learning_curve.png" in printed
+    assert "k=20" not in printed  # the protocol that ran, not a hard-coded one
+
+
+@pytest.mark.slow
+def test_step0_baseline_uses_recalibrated_batchnorm(compose_cfg):
+    # With recalibration, the step-0 evaluation sees BatchNorm statistics of the data
+    # (not the initial 0 / 1); without it, they are still the initial ones.
+    parts = build_all(compose_cfg([*TINY_DATA, *TINY_HEAD, "~logger", "callbacks.progress=null",
+                                   "callbacks.checkpoint=null", "trainer.max_steps=1"]))
+    knn = next(cb for cb in parts["callbacks"] if isinstance(cb, KNNEvaluator))
+    seen = {}
+    original = knn.evaluate
+
+    def record(trainer, pl_module):
+        if not seen:
+            bn = next(m for m in pl_module.eval_backbone.modules() if isinstance(m, nn.BatchNorm2d))
+            seen["mean"] = bn.running_mean.clone()
+        return original(trainer, pl_module)
+
+    knn.evaluate = record
+    parts["trainer"].fit(parts["method"], datamodule=parts["datamodule"])
+    assert seen["mean"].abs().sum() > 0
+
+
+def test_curve_draws_from_histories(tmp_path):
+    from ssl_zoo.callbacks.curve import draw_learning_curve
+
+    path = draw_learning_curve(tmp_path / "c.png", "t", [(0, 0.3), (50, 0.4), (100, 0.5)], 0.11,
+                               "kNN", list(range(1, 101)), [7.0 - 0.01 * i for i in range(100)])
+    assert path.stat().st_size > 10_000
+    assert LearningCurve().path is None
