@@ -19,9 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-SPLITS = ("train", "val")
+from ssl_zoo.data.generated import GeneratedDataset
 
 # The first `num_classes` names are used; the most distinct shapes come first.
 SHAPE_NAMES = (
@@ -223,7 +222,7 @@ def _colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _render(labels: np.ndarray, names: list[str], size: int, rng: np.random.Generator):
-    """(n, 3, size, size) uint8 images for the given labels."""
+    """(n, 3, size, size) float images in [0, 1] (before rounding) for the given labels."""
     n = labels.shape[0]
     # Shape pose: radius 28-45% of the image (in pixels), centre keeps the shape inside.
     radius = rng.uniform(0.25, 0.45, size=n) * size
@@ -262,21 +261,14 @@ def _render(labels: np.ndarray, names: list[str], size: int, rng: np.random.Gene
     a = alpha[:, None]
     img = bg * (1 - a) + fg[:, :, None, None] * a
     noise_std = rng.uniform(0.0, 0.06, size=(n, 1, 1, 1)).astype(np.float32)
-    img = img + noise_std * rng.standard_normal(size=img.shape, dtype=np.float32)
-    return np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return img + noise_std * rng.standard_normal(size=img.shape, dtype=np.float32)
 
 
-class ShapesDataset(Dataset):
-    """Labelled synthetic shapes, generated in memory at construction.
+class ShapesDataset(GeneratedDataset):
+    """Labelled synthetic shapes, one per image (see the module docstring).
 
-    Args:
-        split: "train" or "val"; the two splits draw from independent random streams.
-        num_images: number of images; classes are balanced (counts differ by at most 1).
-        image_size: side of the square images in pixels (>= 8).
-        num_classes: number of shape classes, 2 to len(SHAPE_NAMES) (12); the first
-            `num_classes` names of SHAPE_NAMES are used.
-        seed: the dataset is a deterministic function of (seed, split).
-        transform: applied to the (3, H, W) uint8 image in __getitem__.
+    Args: as :class:`GeneratedDataset`; image_size >= 8; num_classes 2 to 12, the first
+    ``num_classes`` names of SHAPE_NAMES.
 
     Attributes:
         classes: the shape names, index = label.
@@ -284,58 +276,9 @@ class ShapesDataset(Dataset):
         labels: (num_images,) int64 tensor.
     """
 
-    def __init__(
-        self,
-        split: str = "train",
-        num_images: int = 10000,
-        image_size: int = 32,
-        num_classes: int = 10,
-        seed: int = 0,
-        transform: Callable | None = None,
-    ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-        if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
-            raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
-        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
-            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
-        if (
-            not isinstance(num_classes, int)
-            or isinstance(num_classes, bool)
-            or not 2 <= num_classes <= len(SHAPE_NAMES)
-        ):
-            raise ValueError(
-                f"num_classes must be an int in [2, {len(SHAPE_NAMES)}], got {num_classes!r}"
-            )
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        if transform is not None and not callable(transform):
-            raise ValueError(f"transform must be callable or None, got {type(transform)}")
+    class_names = SHAPE_NAMES
+    min_image_size = 8
+    chunk = _CHUNK
 
-        self.split = split
-        self.image_size = image_size
-        self.seed = seed
-        self.transform = transform
-        self.classes = list(SHAPE_NAMES[:num_classes])
-
-        rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split)]))
-        labels = rng.permutation(np.arange(num_images) % num_classes)
-        images = np.empty((num_images, 3, image_size, image_size), dtype=np.uint8)
-        for start in range(0, num_images, _CHUNK):
-            stop = min(start + _CHUNK, num_images)
-            images[start:stop] = _render(labels[start:stop], self.classes, image_size, rng)
-        self.images = torch.from_numpy(images)
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int):
-        image, label = self.images[index], int(self.labels[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+    def render(self, labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        return _render(labels, self.classes, size, rng)

@@ -39,4 +39,4 @@ class Supervised(SSLMethod):
         logits = self.student["classifier"](self.student["backbone"](crops)["cls"])
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return loss, {"ce_loss": loss.detach(), "train_top1": accuracy.detach()}
+        return loss, {"ce_loss": loss.detach(), "top1": accuracy.detach()}
