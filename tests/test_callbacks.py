@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.knn import KNNEvaluator, recalibrate_batchnorm
 from ssl_zoo.train import build_all, train
 from tests.conftest import TINY_DATA, TINY_HEAD
@@ -79,4 +78,3 @@ def test_curve_draws_from_histories(tmp_path):
     path = draw_learning_curve(tmp_path / "c.png", "t", [(0, 0.3), (50, 0.4), (100, 0.5)], 0.11,
                                "kNN", list(range(1, 101)), [7.0 - 0.01 * i for i in range(100)])
     assert path.stat().st_size > 10_000
-    assert LearningCurve().path is None
