@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the suite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--render-only", action="store_true", help="redraw the table and plot from the stored results")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (cifar10 suite)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (cifar10 suite); put them before --methods, which takes every word after it")
     args = parser.parse_args()
     out = ROOT / "outputs" / "quality" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if args.suite == "default-data":
