@@ -158,8 +158,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
     check_run_length(datamodule, trainer)
+    parts["method"].run_config = OmegaConf.to_container(cfg, resolve=True)
     if trainer.logger is not None:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        trainer.logger.log_hyperparams(parts["method"].run_config)
     trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     knn = _find(parts["callbacks"], KNNEvaluator)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ssl_zoo.checkpoints import CONFIG_KEY
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import ema_update, set_teacher_mode
 from ssl_zoo.optim import (
@@ -118,6 +119,9 @@ class SSLMethod(L.LightningModule):
         self.momentum = momentum
         self.momentum_teacher = momentum_teacher
         self.teacher: nn.Module | None = None
+        # The resolved run config, set by train() and saved in every checkpoint so that
+        # eval / viz / export can rebuild the backbone from the file alone.
+        self.run_config: dict[str, Any] | None = None
         # Set by `setup_schedules` once the trainer knows the data and the devices.
         self.total_steps = 1
         self.steps_per_epoch = 1
@@ -259,6 +263,10 @@ class SSLMethod(L.LightningModule):
         if step > self._last_teacher_step:
             self._last_teacher_step = step
             self.update_teacher(step - 1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint[CONFIG_KEY] = self.run_config
 
     def train(self, mode: bool = True) -> SSLMethod:
         super().train(mode)

@@ -1,0 +1,100 @@
+"""Read an ssl_zoo training checkpoint back: its run config and a backbone with its weights.
+
+Every tool that takes ``ckpt=...`` (eval, viz, export) starts here, so a checkpoint is
+understood one way. Loading never unpickles code (``torch.load(weights_only=True)``).
+
+The run config travels inside the checkpoint (``ssl_zoo_config``, the resolved config
+the run was composed from); checkpoints written before that existed fall back to the
+run directory's ``.hydra/config.yaml`` (``<run>/checkpoints/x.ckpt`` -> ``<run>/.hydra``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_KEY = "ssl_zoo_config"
+WHICH = ("teacher", "student")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what to do."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded with ``weights_only=True`` on the CPU."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file (give the path of a .ckpt file)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path}: the file is empty (0 bytes), not a checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read as a torch checkpoint with weights_only=True "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); the file is truncated, "
+            "corrupt, not a checkpoint, or holds pickled code, which is refused"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path}: no 'state_dict' inside; this is not a checkpoint written by "
+            "ssl-zoo train (a bare backbone state dict goes to backbone.init_from instead)"
+        )
+    return checkpoint
+
+
+def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> DictConfig:
+    """The config of the run that wrote the checkpoint at ``path``."""
+    path = Path(path).expanduser()
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    stored = checkpoint.get(CONFIG_KEY)
+    if stored is not None:
+        return OmegaConf.create(stored)
+    candidate = path.resolve().parent.parent / ".hydra" / "config.yaml"
+    if candidate.is_file():
+        return OmegaConf.load(candidate)
+    raise CheckpointError(
+        f"checkpoint {path}: it holds no run config and {candidate} does not exist; keep the "
+        "checkpoint inside its run directory (<run>/checkpoints/), where .hydra/config.yaml is"
+    )
+
+
+def backbone_state_dict(checkpoint: dict[str, Any], which: str, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The ``Backbone`` state dict of the teacher or the student, keys relative to it."""
+    if which not in WHICH:
+        raise CheckpointError(f"which={which!r}: choose one of {', '.join(WHICH)}")
+    prefix = f"{which}.backbone."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        present = sorted({k.split(".", 1)[0] for k in checkpoint["state_dict"]})
+        hint = " (this method has no teacher: use which=student)" if which == "teacher" else ""
+        raise CheckpointError(
+            f"checkpoint {path}: no {which} backbone inside (top-level modules: {', '.join(present)}){hint}"
+        )
+    return state
+
+
+def load_backbone(path: str | Path, which: str = "teacher"):
+    """(Backbone with the checkpoint's weights, in eval mode; the run config).
+
+    ``which``: the EMA teacher (what DINO and DINOv2 evaluate) or the student.
+    """
+    from hydra.utils import instantiate
+
+    checkpoint = load_checkpoint(path)
+    cfg = run_config(path, checkpoint)
+    state = backbone_state_dict(checkpoint, which, path)
+    backbone = instantiate(cfg.backbone)
+    if "mask_token" in state:
+        backbone.enable_mask_token("checkpoint")
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path}: its {which} backbone does not match backbone={cfg.backbone.model_name} "
+            f"of its own config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return backbone.eval(), cfg
