@@ -47,14 +47,20 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(message if message.startswith(f"{key}.") else f"{key}: {message}") from cause
 
 
-def _build_collate(cfg: DictConfig, backbone) -> MultiCropCollate:
+def _build_collate(cfg: DictConfig, backbone, method) -> MultiCropCollate:
     masking = cfg.augmentation.get("masking")
     if masking is None:
+        if getattr(method, "uses_masks", False):
+            raise ConfigError(
+                f"method {_target_name(cfg.method)} with backbone={backbone.model_name} masks patch tokens "
+                "(iBOT) but augmentation.masking is null: remove that override, or set method.ibot_weight=0"
+            )
         return MultiCropCollate()
     if not backbone.has_patch_tokens:
         raise ConfigError(
-            f"method {_target_name(cfg.method)} needs patch tokens (iBOT masking) but "
-            f"backbone={backbone.model_name} has none: choose a ViT backbone, e.g. backbone=vit_tiny"
+            f"augmentation.masking draws iBOT masks, but backbone={backbone.model_name} has no patch "
+            "tokens: choose a ViT backbone (e.g. backbone=vit_tiny), or for DINOv2 on a CNN set "
+            "augmentation.masking=null method.ibot_weight=0"
         )
     grid = cfg.augmentation.transform.global_size // backbone.patch_size
     generator = BlockMaskGenerator(grid, **OmegaConf.to_container(masking.generator, resolve=True))
@@ -95,7 +101,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
         "data",
         train_transform=build(transform_cfg, "augmentation.transform"),
         eval_transform=build(cfg.augmentation.eval_transform, "augmentation.eval_transform"),
-        collate=_build_collate(cfg, backbone),
+        collate=_build_collate(cfg, backbone, method),
     )
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node is not None]
     logger = build(cfg.logger, "logger") if cfg.get("logger") is not None else False

@@ -41,6 +41,18 @@ def test_dinov2_batch_carries_masks_and_step_logs_every_term(compose_cfg):
     assert method.student["backbone"].mask_token.grad.abs().sum() > 0  # masked patches reached the loss
 
 
+def test_dinov2_image_objective_runs_on_a_cnn_without_ibot(compose_cfg):
+    overrides = [o for o in TINY_DINOV2 if not o.startswith(("backbone", "+backbone"))]
+    overrides += ["backbone=resnet10t", "method.ibot_weight=0", "augmentation.masking=null"]
+    method, batch, _ = _method_and_batch(compose_cfg, overrides)
+    assert "masks" not in batch and method.student["backbone"].mask_token is None
+    loss, logs = method.compute_loss(batch, step=0)
+    assert torch.isfinite(loss) and logs["ibot_loss"] == 0 and logs["koleo_loss"] != 0
+    torch.testing.assert_close(logs["dino_local_loss"] + logs["dino_global_loss"] + logs["koleo_loss"], loss.detach())
+    loss.backward()
+    assert method.student["backbone"].model.conv1[0].weight.grad.abs().sum() > 0
+
+
 def test_dinov2_teacher_sees_unmasked_crops(compose_cfg):
     method, batch, _ = _method_and_batch(compose_cfg, TINY_DINOV2)
     seen = {}
@@ -168,6 +180,8 @@ def test_byol_optimizers(compose_cfg, optimizer):
         (["method=byol", "method.optimizer=adam"], r"method\.optimizer"),
         (["method=byol", "method.grad_clip_mode=layerwise"], r"method\.grad_clip_mode"),
         (["method=dinov2", *TINY_VIT, "method.iterations_per_epoch=0"], r"method\.iterations_per_epoch"),
+        (["method=dinov2", *TINY_VIT, "augmentation.masking=null"], r"augmentation\.masking is null.*ibot_weight=0"),
+        (["method=dinov2", "backbone=resnet10t", "method.ibot_weight=0"], r"no patch tokens.*augmentation\.masking=null"),
     ],
 )
 def test_bad_method_config_fails_before_training(compose_cfg, overrides, message):

@@ -82,7 +82,17 @@ class DINOv2(SSLMethod):
                 f"method.ibot_out_dim={ibot_out_dim} differs from method.out_dim={out_dim} but "
                 "method.separate_ibot_head=false shares one head: make them equal"
             )
-        backbone.enable_mask_token("dinov2")
+        # iBOT needs patch tokens; without it (ibot_weight 0) DINOv2's image-level objective
+        # (DINO terms, KoLeo, its schedules and clipping) also runs on a CNN.
+        self.uses_masks = ibot_weight > 0 or backbone.has_patch_tokens
+        if ibot_weight > 0 and not backbone.has_patch_tokens:
+            raise ValueError(
+                f"method=dinov2 with method.ibot_weight={ibot_weight}: the iBOT term needs patch tokens, but "
+                f"backbone={backbone.model_name} has none (a CNN): choose a ViT (e.g. backbone=vit_mini), "
+                "or keep only DINOv2's image-level objective with method.ibot_weight=0 augmentation.masking=null"
+            )
+        if self.uses_masks:
+            backbone.enable_mask_token("dinov2")
         self.weights = {"dino_weight": dino_weight, "ibot_weight": ibot_weight, "koleo_weight": koleo_weight}
         head_dims = {"hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim, "n_layers": head_layers, "norm_last_layer": False}
         modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, **head_dims)}
@@ -115,22 +125,30 @@ class DINOv2(SSLMethod):
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]
-        masks = batch["masks"]  # (2B, N) bool, from the collate
-        patch_weights = batch["mask_weights"][:, None].expand_as(masks)[masks]  # (M,)
+        masks = batch.get("masks")  # (2B, N) bool, from the collate; None without iBOT
+        if masks is None and self.uses_masks:
+            raise ValueError(
+                "the batch has no iBOT masks: set augmentation.masking (the dinov2 augmentation "
+                "has it), or method.ibot_weight=0 on a CNN"
+            )
         teacher_temp = self.teacher_temp_at(step)
 
         with torch.no_grad():
             teacher_out = self.teacher["backbone"](global_crops)
-            t_cls, t_patch = self._heads(self.teacher, teacher_out["cls"], teacher_out["patch"][masks])
+            t_cls, t_patch = self._heads(self.teacher, teacher_out["cls"], _masked(teacher_out, masks))
             t_cls_probs = self.cls_targets.targets(t_cls, teacher_temp)
-            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp)
+            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp) if masks is not None else t_patch
 
         student_global = self.student["backbone"](global_crops, masks=masks)
         n_global_rows = global_crops.shape[0]
         cls_features = student_global["cls"]
         if local_crops is not None:
             cls_features = torch.cat((cls_features, self.student["backbone"](local_crops)["cls"]))
-        s_cls, s_patch = self._heads(self.student, cls_features, student_global["patch"][masks])
+        s_cls, s_patch = self._heads(self.student, cls_features, _masked(student_global, masks))
+        if masks is None:
+            patch_weights = s_patch.new_zeros(0)
+        else:
+            patch_weights = batch["mask_weights"][:, None].expand_as(masks)[masks]  # (M,)
         n_images = n_global_rows // 2
         terms = dinov2_objective(
             s_cls[n_global_rows:] if local_crops is not None else None,
@@ -146,8 +164,16 @@ class DINOv2(SSLMethod):
             **self.weights,
         )
         self.cls_targets.update(t_cls)
-        self.patch_targets.update(t_patch)
+        if masks is not None:
+            self.patch_targets.update(t_patch)
         logs = {f"{name}_loss": value.detach() for name, value in terms.items() if name != "total"}
         logs.update(teacher_temp=teacher_temp, teacher_momentum=self.momentum_at(step),
-                    masked_patch_fraction=masks.float().mean())
+                    masked_patch_fraction=masks.float().mean() if masks is not None else 0.0)
         return terms["total"], logs
+
+
+def _masked(backbone_out: dict[str, torch.Tensor | None], masks: torch.Tensor | None) -> torch.Tensor:
+    """(M, D) patch tokens at the masked positions; (0, D) without masks."""
+    if masks is None:
+        return backbone_out["cls"].new_zeros(0, backbone_out["cls"].shape[-1])
+    return backbone_out["patch"][masks]
