@@ -1,15 +1,18 @@
 """Does training learn? kNN curves of real runs, written into the docs.
 
     make bench-quality ARGS="--suite default-data"   # docs/default_data.md (~30 min)
-    make bench-quality ARGS="--suite cifar10"        # docs/benchmarks.md
+    make bench-quality ARGS="--suite cifar10"        # docs/benchmarks.md (~20 min)
+    make bench-quality ARGS="--suite cifar10-long"   # docs/benchmarks.md (~30 min per method)
 
 default-data: each procedural generator (the candidates for the embedded default) under
 the same budget as `make train` (8,000 train / 2,000 val images, 2 epochs of 64): the
 kNN on raw pixels, at random init (BatchNorm recalibrated), after a supervised run of the
 same budget (the ceiling) and after each method on its defaults.
 
-cifar10: the experiment=cifar10_* presets on ../shared/datasets/cifar10 with the
-k=200, T=0.1 protocol (20,000 train images as the bank, 10,000 val queries).
+cifar10: the experiment=cifar10_* presets (3 epochs, lightly's benchmark budget) on
+../shared/datasets/cifar10 with the k=200, T=0.1 protocol (20,000 train images as the
+bank, 10,000 val queries); cifar10-long: the experiment=cifar10_long_* presets (~30 min
+each on a 2-core CPU), same protocol.
 
 Every run goes through the real config composition and Lightning loop (``train``); its
 curve is kept (summary.json, learning_curve.png) under outputs/quality/.
@@ -56,7 +59,11 @@ def pct(value: float | None) -> str:
 
 
 STUDY_RESULTS = ROOT / "docs" / "default_data.json"  # every run so far, so suites can be run in parts
-CIFAR_RESULTS = ROOT / "docs" / "cifar10_quality.json"
+CIFAR_SUITES = {  # suite -> (preset prefix, results file, budget in words)
+    "cifar10": ("cifar10", ROOT / "docs" / "cifar10_quality.json", "3 epochs = 60,000 images of 128 per step"),
+    "cifar10-long": ("cifar10_long", ROOT / "docs" / "cifar10_long_quality.json",
+                     "each preset's epochs (~30 minutes on 2 cores), batches of 128"),
+}
 KEEP = ("knn_top1_start", "knn_top1_end", "knn_top1_raw_pixels", "knn_history", "steps", "wall", "backbone")
 
 
@@ -97,32 +104,35 @@ def default_data(args: argparse.Namespace, out: Path) -> None:
 
 
 def cifar10(args: argparse.Namespace, out: Path) -> None:
-    stored = json.loads(CIFAR_RESULTS.read_text()) if CIFAR_RESULTS.exists() else {}
+    prefix, results, budget = CIFAR_SUITES[args.suite]
+    stored = json.loads(results.read_text()) if results.exists() else {}
     for method in [] if args.render_only else args.methods:
-        overrides = [f"experiment=cifar10_{method}", f"seed={args.seed}", *args.overrides]
-        summary = run(f"cifar10_{method}", overrides, out)
+        overrides = [f"experiment={prefix}_{method}", f"seed={args.seed}", *args.overrides]
+        summary = run(f"{prefix}_{method}", overrides, out)
         stored[method] = {k: summary[k] for k in KEEP} | {"overrides": args.overrides}
-        CIFAR_RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
+        results.write_text(json.dumps(stored, indent=1) + "\n")
     rows, curves = [], {}
     for method, result in stored.items():
         curves[method] = result["knn_history"]
         rows.append(
-            f"| `experiment=cifar10_{method}` | {result['backbone']} | {result['steps']} | "
+            f"| `experiment={prefix}_{method}` | {result['backbone']} | {result['steps']} | "
             f"{pct(result['knn_top1_raw_pixels'])} | {pct(result['knn_top1_start'])} | "
             f"{pct(result['knn_top1_end'])} | {result['wall'] / 60:.1f} |"
         )
     header = (
         f"Measured {datetime.date.today()} on {cpu_facts()}, seed {args.seed}, with "
-        "`python benchmarks/quality.py --suite cifar10` (results kept in docs/cifar10_quality.json). "
+        f"`python benchmarks/quality.py --suite {args.suite}` (results kept in docs/{results.name}). "
         "kNN top-1 (%), k=200, T=0.1, the 20,000 train images as the bank, the 10,000 val "
-        "images as queries; 3 epochs = 60,000 images of 128 per step.\n\n"
+        f"images as queries; {budget}.\n\n"
         "| preset | backbone | steps | raw pixels | random init | end | wall (min) |\n"
         "|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n\n![kNN top-1 against the step](img/cifar10_quality.png)\n"
+        + "\n".join(rows) + f"\n\n![kNN top-1 against the step](img/{prefix}_quality.png)\n"
     )
-    plot_curves({"CIFAR-10": curves}, ROOT / "docs" / "img" / "cifar10_quality.png")
-    write_section(ROOT / "docs" / "benchmarks.md", "<!-- quality:cifar10:begin -->", "<!-- quality:cifar10:end -->",
-                  "## Learning on CIFAR-10 (`make bench-quality`)\n\n" + header)
+    plot_curves({"CIFAR-10": curves}, ROOT / "docs" / "img" / f"{prefix}_quality.png")
+    title = "## Learning on CIFAR-10 (`make bench-quality`)" if args.suite == "cifar10" else \
+        "## CIFAR-10 in ~30 minutes (`make bench-quality ARGS=\"--suite cifar10-long\"`)"
+    write_section(ROOT / "docs" / "benchmarks.md", f"<!-- quality:{args.suite}:begin -->",
+                  f"<!-- quality:{args.suite}:end -->", title + "\n\n" + header)
 
 
 def plot_curves(panels: dict[str, dict[str, list[dict]]], path: Path) -> None:
@@ -151,7 +161,7 @@ def plot_curves(panels: dict[str, dict[str, list[dict]]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["default-data", "cifar10"], required=True)
+    parser.add_argument("--suite", choices=["default-data", *CIFAR_SUITES], required=True)
     parser.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=list(GENERATORS))
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the suite")
     parser.add_argument("--seed", type=int, default=0)
