@@ -75,3 +75,18 @@ def test_pickled_code_is_refused(tmp_path):
         pickle.dump({"state_dict": {}, "x": _Exploit()}, f)
     with pytest.raises(CheckpointError, match="pickled code, which is refused"):
         load_checkpoint(crafted)
+
+
+def test_resume_from_a_bad_or_foreign_checkpoint_fails_before_training(tiny_run, tmp_path):
+    ckpt = read_summary(tiny_run)["checkpoint"]
+    run_dir = tmp_path / "resume"
+    foreign = run_cli(["train", *TINY_DATA, "method=byol", "trainer.max_steps=3", f"ckpt_path={ckpt}",
+                       f"hydra.run.dir={run_dir}"])
+    assert foreign.returncode == 1 and "Traceback" not in foreign.stderr
+    assert f"ckpt_path={ckpt}: does not fit this run's BYOL on backbone=resnet10t (written by DINO" in foreign.stderr
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(open(ckpt, "rb").read()[:5000])
+    cut = run_cli(["train", *TINY_DATA, "trainer.max_steps=3", f"ckpt_path={truncated}", f"hydra.run.dir={run_dir}"])
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr
+    assert "truncated.ckpt: cannot be read" in cut.stderr
+    assert not (run_dir / "checkpoints").exists()

@@ -34,7 +34,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path}: the file is empty (0 bytes), not a checkpoint")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _torch_load(path)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(
             f"checkpoint {path}: cannot be read as a torch checkpoint with weights_only=True "
@@ -47,6 +47,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "ssl-zoo train (a bare backbone state dict goes to backbone.init_from instead)"
         )
     return checkpoint
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        # mmap: checking a large checkpoint before training does not read it all.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
 
 
 def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> DictConfig:
@@ -63,6 +73,39 @@ def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> Di
         f"checkpoint {path}: it holds no run config and {candidate} does not exist; keep the "
         "checkpoint inside its run directory (<run>/checkpoints/), where .hydra/config.yaml is"
     )
+
+
+def check_resumable(path: str | Path, method: torch.nn.Module, model_name: str) -> None:
+    """CheckpointError unless the checkpoint at ``path`` holds exactly ``method``'s tensors
+    (names and shapes), so that a resume fails before training, not in Lightning's loader."""
+    checkpoint = load_checkpoint(path)
+    stored = checkpoint["state_dict"]
+    expected = method.state_dict()
+    stored_cfg = checkpoint.get(CONFIG_KEY) or {}
+    written_by = ""
+    if stored_cfg:
+        target = str(stored_cfg.get("method", {}).get("_target_", "?")).rsplit(".", 1)[-1]
+        written_by = f" (written by {target} on backbone={stored_cfg.get('backbone', {}).get('model_name', '?')})"
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
+    mismatched = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            key = mismatched[0]
+            details.append(
+                f"{len(mismatched)} of another shape (e.g. {key}: {tuple(stored[key].shape)} in the file, "
+                f"{tuple(expected[key].shape)} here)"
+            )
+        raise CheckpointError(
+            f"ckpt_path={path}: does not fit this run's {type(method).__name__} on backbone={model_name}"
+            f"{written_by}: {'; '.join(details)}. Resume with the overrides the checkpoint was trained "
+            "with, or start fresh without ckpt_path"
+        )
 
 
 def backbone_state_dict(checkpoint: dict[str, Any], which: str, path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:

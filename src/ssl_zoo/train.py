@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.knn import KNNEvaluator
 from ssl_zoo.callbacks.throughput import Throughput
+from ssl_zoo.checkpoints import check_resumable
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
@@ -165,6 +166,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
     check_run_length(datamodule, trainer)
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, parts["method"], cfg.backbone.model_name)
     parts["method"].run_config = OmegaConf.to_container(cfg, resolve=True)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(parts["method"].run_config)
