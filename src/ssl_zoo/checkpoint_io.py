@@ -1,0 +1,99 @@
+"""Checkpoint files that are either complete or absent, and never hold NaNs.
+
+Lightning's default writer streams into the final path (through an fsspec transaction that
+renames, but does not fsync), so a kill or a power cut at the wrong moment can leave a
+file that is neither the old checkpoint nor the new one. Here every save goes to a
+temporary file in the same directory, is flushed and fsynced, then renamed over the
+target (an atomic replace on POSIX file systems), and the directory entry is fsynced too.
+
+A model with a non-finite weight is never written: the save raises instead, so the last
+good checkpoint stays the newest one on disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ssl_zoo.errors import UserError
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint that was not written; the previous one is untouched."""
+
+
+def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """Names of floating-point tensors in ``state_dict`` with a NaN or an Inf."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` that leaves either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        if err.errno == errno.ENOSPC:
+            raise CheckpointSaveError(
+                f"checkpoint {path}: the disk is full, nothing was written (the previous checkpoint "
+                f"is intact); free space in {path.parent} or point callbacks.checkpoint.dirpath elsewhere"
+            ) from None
+        raise
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO: atomic, fsynced writes; refuses non-finite models."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options}")
+        bad = non_finite_tensors(checkpoint.get("state_dict", {}))
+        if bad:
+            raise CheckpointSaveError(
+                f"checkpoint {path} not written: {len(bad)} model tensors hold NaN/Inf (e.g. {bad[0]}); "
+                "the last finite checkpoint is kept. Likely causes: too high method.base_lr, "
+                "trainer.precision (try 32-true), or a teacher temperature too low"
+            )
+        atomic_torch_save(checkpoint, path)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
