@@ -128,6 +128,13 @@ def check_run_length(datamodule, trainer: L.Trainer) -> None:
         raise ConfigError(str(err)) from None
 
 
+def run_config_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config as plain containers, without Hydra's own ``hydra`` node
+    (present when composed outside the CLI; its sweep keys only resolve inside a job)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg if key != "hydra"}
+
+
 def _target_name(node: DictConfig) -> str:
     return str(node._target_).rsplit(".", 1)[-1]
 
@@ -168,7 +175,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_run_length(datamodule, trainer)
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, parts["method"], cfg.backbone.model_name)
-    parts["method"].run_config = OmegaConf.to_container(cfg, resolve=True)
+    parts["method"].run_config = run_config_container(cfg)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(parts["method"].run_config)
     trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
