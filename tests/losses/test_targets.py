@@ -94,6 +94,10 @@ def test_centering_moves_toward_batch_mean():
     frozen = SoftmaxCentering(6, momentum=1.0)
     frozen.update(t)
     assert_close(frozen.center, torch.zeros(1, 6))
+    # An overflowing teacher (one Inf logit) must not poison the center for the rest of the run.
+    kept = exact.center.clone()
+    exact.update(torch.cat((t, torch.full((1, 6), float("inf")))))
+    assert torch.equal(exact.center, kept)
 
 
 def test_centering_patch_logits_mean_over_all_leading_dims():

@@ -144,7 +144,9 @@ class SoftmaxCentering(nn.Module):
             # rows (masked patches), even none, and the center is the mean over all of them.
             totals = torch.cat((flat.sum(dim=0), flat.new_tensor([flat.shape[0]])))
             totals = distributed.all_reduce_sum(totals)
-            if totals[-1] == 0:
+            # No rows anywhere, or a non-finite teacher output (an overflow that the
+            # non-finite guard skips): the center stays as it is, uncorrupted.
+            if not bool(torch.isfinite(totals).all() & (totals[-1] > 0)):
                 return
             batch_center = (totals[:-1] / totals[-1]).unsqueeze(0)
             self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)

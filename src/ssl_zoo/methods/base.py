@@ -127,6 +127,10 @@ class SSLMethod(L.LightningModule):
         self.steps_per_epoch = 1
         self.peak_lr = base_lr
         self._last_teacher_step = 0
+        # The non-finite guard's contract (callbacks/nonfinite.py): the step's loss, and a
+        # flag that turns the next EMA update into a no-op when the step was skipped.
+        self.last_loss: torch.Tensor | None = None
+        self.skip_teacher_update = False
 
     # --- what a method provides -------------------------------------------------------
 
@@ -216,13 +220,7 @@ class SSLMethod(L.LightningModule):
         step = self.trainer.global_step
         lr, wd = self.apply_schedules(self.trainer.optimizers[0], step)
         loss, logs = self.compute_loss(batch, step)
-        # A non-finite loss stays non-finite: checking every 25 steps catches it early
-        # without a host-device sync on every step.
-        if step % 25 == 0 and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"train/loss is {loss.item()} at step {step}: lower method.base_lr, raise "
-                "method.warmup_epochs or use trainer.precision=32-true"
-            )
+        self.last_loss = loss.detach()
         batch_size = batch["global_crops"].shape[0]
         metrics = {"train/loss": loss.detach(), "train/lr": lr, "train/wd": wd}
         metrics.update({f"train/{k}": v for k, v in logs.items()})
@@ -262,7 +260,10 @@ class SSLMethod(L.LightningModule):
         step = self.trainer.global_step
         if step > self._last_teacher_step:
             self._last_teacher_step = step
-            self.update_teacher(step - 1)
+            if self.skip_teacher_update:
+                self.skip_teacher_update = False  # the student did not move: neither does the teacher
+            else:
+                self.update_teacher(step - 1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
