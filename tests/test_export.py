@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from ssl_zoo import cli
 from ssl_zoo.checkpoints import load_backbone, load_checkpoint, run_config
-from ssl_zoo.export import export_backbone
+from ssl_zoo.export import ExportError, export_backbone
 from ssl_zoo.models.backbones import Backbone
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 
@@ -104,6 +104,12 @@ def test_small_image_stem_export_states_the_extra_lines(tmp_path):
         # Without the extra lines the features differ: that is why they are printed.
         bare = dict(info, python="\n".join(line for line in info["python"].splitlines() if not line.startswith("model.")))
         assert (plain_timm(bare).eval()(images) - expected).abs().max() > 1e-3
+    config["method"]["_target_"] = "ssl_zoo.methods.byol.BYOL"
+    torch.save({"state_dict": {f"teacher.backbone.{k}": v for k, v in backbone.state_dict().items()},
+                "ssl_zoo_config": config}, ckpt)
+    with pytest.raises(ExportError, match="BYOL has no DINO-style head"):
+        export_backbone(ckpt, tmp_path / "byol.safetensors", head=True)
+    assert not (tmp_path / "byol.safetensors").exists()  # refused before writing anything
 
 
 def test_cli_export_prints_the_call_and_fails_in_one_line(runs, tmp_path, capsys):

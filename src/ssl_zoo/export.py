@@ -89,6 +89,9 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
         raise ExportError(f"checkpoint {ckpt}: the {which} backbone does not fit timm.create_model({model_name!r}, "
                           f"**{kwargs}) (first mismatch: {bad[0]}); it cannot be exported for plain timm")
 
+    method = str(cfg.method._target_).rsplit(".", 1)[-1]
+    head_tensors = _head_tensors(checkpoint, ckpt, which, method, extra) if head else None  # fails before writing
+
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "ssl_zoo_model_name": model_name, "ssl_zoo_kwargs": json.dumps(kwargs),
                 "ssl_zoo_source": str(ckpt.resolve()), "ssl_zoo_which": which}
@@ -102,11 +105,13 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
         "notes": notes,
         "source_checkpoint": str(ckpt.resolve()),
         "which": which,
-        "method": str(cfg.method._target_).rsplit(".", 1)[-1],
+        "method": method,
         "head_file": None,
     }
-    if head:
-        info["head_file"] = str(_export_heads(checkpoint, ckpt, out, which, info["method"], extra).resolve())
+    if head_tensors is not None:
+        head_file = out.with_name(out.name[: -len(".safetensors")] + ".head.safetensors")
+        save_file(head_tensors, str(head_file), metadata={"format": "pt", "ssl_zoo_method": method, "ssl_zoo_which": which})
+        info["head_file"] = str(head_file.resolve())
     sidecar = out.with_suffix(".json")
     sidecar.write_text(json.dumps(info, indent=2) + "\n")
     info["sidecar"] = str(sidecar.resolve())
@@ -120,13 +125,12 @@ def _stem_lines(model: torch.nn.Module) -> list[str]:
             f"{conv}.stride = (1, 1)", "model.maxpool = torch.nn.Identity()"]
 
 
-def _export_heads(checkpoint: dict, ckpt: Path, out: Path, which: str, method: str, extra: dict) -> Path:
-    from safetensors.torch import save_file
-
+def _head_tensors(checkpoint: dict, ckpt: Path, which: str, method: str, extra: dict) -> dict[str, torch.Tensor]:
+    """The heads in the official DINOHead layout under our module names, plus the mask token."""
     names = _HEADS.get(method)
     if names is None:
-        raise ExportError(f"head=true: method {method} has no DINO-style head that method.head_init_from can load "
-                          "(BYOL's projector/predictor are not exported); export without head=true")
+        raise ExportError(f"head=true: {method} has no DINO-style head that method.head_init_from can load "
+                          "(BYOL's projector and predictor are not exported); export without head=true")
     tensors: dict[str, torch.Tensor] = {}
     for name in names:
         prefix = f"{which}.{name}."
@@ -136,6 +140,4 @@ def _export_heads(checkpoint: dict, ckpt: Path, out: Path, which: str, method: s
         raise CheckpointError(f"checkpoint {ckpt}: no {which} head inside")
     if "mask_token" in extra:
         tensors["mask_token"] = extra["mask_token"].contiguous()
-    path = out.with_name(out.name[: -len(".safetensors")] + ".head.safetensors")
-    save_file(tensors, str(path), metadata={"format": "pt", "ssl_zoo_method": method, "ssl_zoo_which": which})
-    return path
+    return tensors

@@ -427,6 +427,8 @@ def load_heads(path: str | Path, heads: dict[str, nn.Module], method: str, which
     if "ibot_head" in groups and "ibot_head" not in heads and method == "dinov2":
         raise InitFromError(f"method.head_init_from={path} ({kind}): the file has a separate ibot_head: "
                             "set method.separate_ibot_head=true")
-    log.info("heads %s initialised from %s (%s)", ", ".join(heads), path, kind)
+    unused = sorted(set(groups) - set(heads) - {"head", "dino_head"})
+    log.info("heads %s initialised from %s (%s)%s", ", ".join(heads), path, kind,
+             f"; not used: {', '.join(unused)}" if unused else "")
     mask = state.get("mask_token", state.get("backbone.mask_token"))
     return mask.reshape(1, 1, -1) if mask is not None else None
