@@ -262,7 +262,10 @@ def test_dinov2_vitg14_swiglu_mapping(tmp_path):
 # --- ResNet-50 ----------------------------------------------------------------------------
 
 
-def test_dino_resnet50_torchvision_layout(tmp_path):
+@pytest.fixture(scope="module")
+def resnet50_file(tmp_path_factory):
+    """(torchvision ResNet-50 with random BatchNorm statistics, its state dict saved
+    without fc as DINO released it)."""
     import torchvision
 
     reference = torchvision.models.resnet50(weights=None)
@@ -273,17 +276,22 @@ def test_dino_resnet50_torchvision_layout(tmp_path):
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.normal_(1, 0.1)
                 module.bias.normal_(0, 0.1)
-    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}  # released without fc
-    path = tmp_path / "dino_resnet50_pretrain.pth"
-    torch.save(state, path)
-    backbone = Backbone("resnet50", init_from=str(path))
+    path = tmp_path_factory.mktemp("r50") / "dino_resnet50_pretrain.pth"
+    torch.save({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}, path)
     reference.fc = torch.nn.Identity()
+    return reference.eval(), path
+
+
+def test_dino_resnet50_torchvision_layout(resnet50_file, tmp_path):
+    reference, path = resnet50_file
+    backbone = Backbone("resnet50", init_from=str(path))
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        check_equal("DINO ResNet-50", features(backbone, images), reference.eval()(images))
+        check_equal("DINO ResNet-50", features(backbone, images), reference(images))
     # A torchvision file with its classifier: fc is ignored, the rest loads.
-    torch.save({**state, "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}, path)
-    Backbone("resnet50", init_from=str(path))
+    with_fc = tmp_path / "resnet50_with_fc.pth"
+    torch.save({**torch.load(path, weights_only=True), "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}, with_fc)
+    Backbone("resnet50", init_from=str(with_fc))
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -308,11 +316,8 @@ def test_wrong_architecture_is_named_with_a_suggestion(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_resnet_file_into_a_vit_and_bad_files(tmp_path):
-    import torchvision
-
-    path = tmp_path / "dino_resnet50_pretrain.pth"
-    torch.save({k: v for k, v in torchvision.models.resnet50().state_dict().items() if not k.startswith("fc.")}, path)
+def test_resnet_file_into_a_vit_and_bad_files(resnet50_file, tmp_path):
+    path = resnet50_file[1]
     with pytest.raises(InitFromError, match=r"looks like a ResNet \(bottleneck blocks 3-4-6-3\).*choose backbone=resnet50"):
         Backbone("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, init_from=str(path))
 

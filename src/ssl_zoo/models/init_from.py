@@ -75,8 +75,9 @@ WHICH = ("teacher", "student")
 HEAD_NAMES = ("head", "dino_head", "ibot_head")
 _WRAPPERS = re.compile(r"(^|\.)(module|_fsdp_wrapped_module|_orig_mod)\.")
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.")
-_VIT_SIZES = {192: ("Ti", "tiny", 3, 12), 384: ("S", "small", 6, 12), 768: ("B", "base", 12, 12),
-              1024: ("L", "large", 16, 24), 1536: ("g", "giant", 24, 40)}
+# width -> (short name, timm size name, standard depth)
+_VIT_SIZES = {192: ("Ti", "tiny", 12), 384: ("S", "small", 12), 768: ("B", "base", 12),
+              1024: ("L", "large", 24), 1536: ("g", "giant", 40)}
 
 
 class InitFromError(ValueError):
@@ -173,9 +174,11 @@ def describe_weights(state: dict[str, torch.Tensor]) -> tuple[str, str | None]:
         regs = state.get("register_tokens", state.get("reg_token"))
         n_reg = regs.shape[1] if regs is not None else 0
         depth = len(_block_indices(state))
-        swiglu = any(".mlp.w12." in k for k in state)
+        fc1 = state.get("blocks.0.mlp.w12.weight", state.get("blocks.0.mlp.fc1.weight"))
+        fc2 = state.get("blocks.0.mlp.w3.weight", state.get("blocks.0.mlp.fc2.weight"))
+        swiglu = fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]  # gated: 2 x hidden
         layer_scale = any(".ls1." in k for k in state)
-        short, size, _, std_depth = _VIT_SIZES.get(width, (f"(width {width})", None, 0, 0))
+        short, size, std_depth = _VIT_SIZES.get(width, (f"(width {width})", None, 0))
         text = (f"a ViT-{short}/{patch}" + (f" with {n_reg} registers" if n_reg else "")
                 + f", {depth} blocks" + (", layer scale" if layer_scale else "") + (", SwiGLU MLP" if swiglu else ""))
         suggestion = None
