@@ -88,15 +88,17 @@ def test_export_round_trips_into_continued_pretraining(runs, tmp_path):
 
 def test_small_image_stem_export_states_the_extra_lines(tmp_path):
     backbone = Backbone("resnet10t", small_image_stem=True)
+    # The run started from a file that is gone since: export and load_backbone don't need it.
     config = {"backbone": {"_target_": "ssl_zoo.models.backbones.Backbone", "model_name": "resnet10t",
-                           "small_image_stem": True, "init_from": None, "init_from_key": "teacher"},
+                           "small_image_stem": True, "init_from": str(tmp_path / "gone.pth"), "init_from_key": "teacher"},
               "method": {"_target_": "ssl_zoo.methods.dino.DINO"}}
     ckpt = tmp_path / "stem.ckpt"
     torch.save({"state_dict": {f"teacher.backbone.{k}": v for k, v in backbone.state_dict().items()},
                 "ssl_zoo_config": config}, ckpt)
     info = export_backbone(ckpt, tmp_path / "stem.safetensors")
     assert "model.conv1[0].stride = (1, 1)" in info["python"] and "model.maxpool = torch.nn.Identity()" in info["python"]
-    assert any("small_image_stem" in note for note in info["notes"])
+    assert any("small_image_stem" in note for note in info["notes"]) and info["kwargs"] == {}
+    assert torch.equal(load_backbone(ckpt)[0].model.conv1[0].weight, backbone.model.conv1[0].weight)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = backbone.eval()(images)["cls"]
