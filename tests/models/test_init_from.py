@@ -259,6 +259,27 @@ def test_dinov2_vitg14_swiglu_mapping(tmp_path):
         check_equal("DINOv2 ViT-g/14 SwiGLU (1 block)", features(backbone, images), reference_vit(sd, images, 14, 24))
 
 
+def test_timm_layout_safetensors_resamples_like_timm(tmp_path):
+    # timm's own DINOv2 files (e.g. vit_small_patch14_reg4_dinov2.lvd142m) are timm layout at
+    # 518 px; loading one at 224 px must equal timm's own pretrained loading.
+    import timm
+    from safetensors.torch import save_file
+
+    name = "vit_small_patch14_reg4_dinov2"
+    source = timm.create_model(name, num_classes=0, depth=2)
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    ours = Backbone(name, img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
+    reference = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), custom_load=False),
+                                  num_classes=0, depth=2, img_size=224, dynamic_img_size=True)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        check_equal("timm-layout ViT-S/14 reg4 safetensors vs timm loading", features(ours, images), reference.eval()(images))
+
+
 # --- ResNet-50 ----------------------------------------------------------------------------
 
 
