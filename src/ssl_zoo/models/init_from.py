@@ -51,7 +51,8 @@ Key renames to timm's ``VisionTransformer`` (``_vit_to_timm``):
 
 Heads (``load_heads``): ``dino/vision_transformer.py::DINOHead`` and
 ``dinov2/layers/dino_head.py::DINOHead`` share a layout: ``mlp.{0,2,4}`` Linear (with
-BatchNorm ``mlp.{1,4}`` when ``use_bn``, the same Sequential indices as ours) and a
+``use_bn``: Linear ``mlp.{0,3,6}``, BatchNorm ``mlp.{1,4}``; the same Sequential order as
+ours: Linear, [BatchNorm], GELU) and a
 weight-normalised ``last_layer`` stored as ``weight_g`` (out, 1) and ``weight_v`` (out,
 bottleneck), which are our parametrization's ``original0`` and ``original1``.
 """
