@@ -73,6 +73,11 @@ def test_bad_value_fails_before_training_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "method.teacher_temp" in result.stderr
     assert not (run_dir / "checkpoints").exists()
+    # One readable line, no traceback; --debug brings the traceback back.
+    assert "Traceback" not in result.stderr
+    assert "ssl-zoo train: error: method.teacher_temp must be > 0, got -0.1" in result.stderr
+    debug = run_cli(["--debug", "train", *FAST, "method.teacher_temp=-0.1", f"hydra.run.dir={run_dir}"])
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 
 
 def test_unknown_command_is_an_error():

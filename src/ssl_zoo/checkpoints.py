@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_zoo.errors import UserError
+
 CONFIG_KEY = "ssl_zoo_config"
 WHICH = ("teacher", "student")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 

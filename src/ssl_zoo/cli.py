@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-USAGE = """usage: ssl-zoo <command> [args]
+USAGE = """usage: ssl-zoo [--debug] <command> [args]
+
+  --debug             show full tracebacks for configuration, data and checkpoint errors
 
 commands:
   train [overrides]   pretrain a method and evaluate it (Hydra app; `ssl-zoo train --help`)
@@ -86,6 +89,10 @@ def _data(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args[:1]:
+        # Full tracebacks for the errors that otherwise print one readable line.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        args = args[1:]
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ssl_zoo.errors import UserError
 
-class RunLengthError(ValueError):
+
+class RunLengthError(UserError):
     """trainer.max_steps / trainer.max_epochs that don't describe one finite run."""
 
 

@@ -28,13 +28,10 @@ from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
+from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
 
 log = logging.getLogger("ssl_zoo")
-
-
-class ConfigError(ValueError):
-    """A configuration value the run cannot use; the message names the key."""
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -43,7 +40,11 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__ or err
-        raise ConfigError(f"{key}: {cause}") from cause
+        if isinstance(cause, UserError):
+            raise cause from None
+        message = str(cause)
+        # Constructors already name their key (method.teacher_temp ...): don't repeat it.
+        raise ConfigError(message if message.startswith(f"{key}.") else f"{key}: {message}") from cause
 
 
 def _build_collate(cfg: DictConfig, backbone) -> MultiCropCollate:

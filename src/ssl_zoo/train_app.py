@@ -7,6 +7,9 @@ sys.argv[0] here.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,9 +21,19 @@ from ssl_zoo.config import CONFIG_DIR
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from ssl_zoo.errors import UserError, one_line
     from ssl_zoo.train import train
 
-    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # A mistake the message explains: no traceback (HYDRA_FULL_ERROR=1 or
+        # `ssl-zoo --debug train ...` shows it). Also into the run's log file.
+        logging.getLogger("ssl_zoo").debug("stopped: %s", err, exc_info=True)
+        print(f"ssl-zoo train: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(1)
     return summary["knn_top1_end"]
 
 

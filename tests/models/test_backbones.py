@@ -24,13 +24,16 @@ def test_vit_gives_cls_and_patch_tokens_at_any_crop_size():
 def test_cnn_has_no_patch_tokens_and_small_stem_keeps_resolution():
     plain = Backbone("resnet10t")
     small = Backbone("resnet10t", small_image_stem=True)
+    no_pool = Backbone("resnet10t", stem_max_pool=False)
     x = torch.randn(2, 3, 32, 32)
     assert plain(x)["patch"] is None and plain(x)["cls"].shape == (2, 512)
     assert not plain.has_patch_tokens
     maps = {}
-    for name, model in (("plain", plain), ("small", small)):
+    for name, model in (("plain", plain), ("small", small), ("no_pool", no_pool)):
         maps[name] = model.model.forward_features(x).shape[-1]
-    assert maps == {"plain": 1, "small": 4}
+    assert maps == {"plain": 1, "small": 4, "no_pool": 2}
+    with pytest.raises(ValueError, match="backbone.stem_max_pool=false needs a ResNet-style stem"):
+        Backbone("vit_tiny_patch16_224", stem_max_pool=False)
 
 
 def test_mask_token_replaces_exactly_the_masked_patches():

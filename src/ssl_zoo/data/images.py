@@ -44,6 +44,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ssl_zoo.data.transforms import pil_rgb_to_tensor
+from ssl_zoo.errors import UserError
 
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp",
@@ -55,7 +56,7 @@ EXAMPLES = 5  # bad files named in warnings and reports
 Reduction = Callable[[int, int], int]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The data cannot be used as configured: the message says what, where and what to do."""
 
 

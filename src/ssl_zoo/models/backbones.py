@@ -28,7 +28,10 @@ class Backbone(nn.Module):
         model_name: any timm model name, e.g. ``resnet10t``, ``vit_small_patch16_224``.
         small_image_stem: for ResNets on ~32 px images: stride 1 in the first stem conv
             and no max-pool (as CIFAR ResNets do), so the last stage keeps a 4x4 map
-            instead of collapsing to 1x1. Ignored for models without a ResNet stem.
+            instead of collapsing to 1x1.
+        stem_max_pool: false drops only the stem's max-pool (stride 2 stays): at 32 px the
+            last map is 2x2 instead of 1x1, for ~2x the compute (``small_image_stem``
+            costs ~10x). ResNet-style stems only.
         drop_path_uniform: every transformer block gets ``drop_path_rate`` (DINOv2's
             ``drop_path_uniform``) instead of timm's linear ramp from 0 at the first
             block to ``drop_path_rate`` at the last (DINO's rule).
@@ -48,6 +51,7 @@ class Backbone(nn.Module):
         self,
         model_name: str,
         small_image_stem: bool = False,
+        stem_max_pool: bool = True,
         drop_path_uniform: bool = False,
         init_from: str | None = None,
         init_from_key: str = "teacher",
@@ -68,8 +72,8 @@ class Backbone(nn.Module):
         if patch_embed is not None:
             size = patch_embed.patch_size
             self.patch_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        if small_image_stem:
-            _make_small_image_stem(self.model, model_name)
+        if small_image_stem or not stem_max_pool:
+            _change_resnet_stem(self.model, model_name, stride_one=small_image_stem)
         if drop_path_uniform:
             _make_drop_path_uniform(self.model, model_name, float(model_kwargs.get("drop_path_rate", 0.0)))
         self.mask_token: nn.Parameter | None = None
@@ -132,15 +136,17 @@ class Backbone(nn.Module):
         return {"cls": cls, "patch": patch}
 
 
-def _make_small_image_stem(model: nn.Module, model_name: str) -> None:
+def _change_resnet_stem(model: nn.Module, model_name: str, stride_one: bool) -> None:
     conv1 = getattr(model, "conv1", None)
     first_conv = conv1[0] if isinstance(conv1, nn.Sequential) else conv1
     if not isinstance(first_conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        key = "backbone.small_image_stem=true" if stride_one else "backbone.stem_max_pool=false"
         raise ValueError(
-            f"backbone.small_image_stem=true needs a ResNet-style stem (conv1 + maxpool); "
-            f"'{model_name}' has none: set backbone.small_image_stem=false."
+            f"{key} needs a ResNet-style stem (conv1 + maxpool); '{model_name}' has none: "
+            "leave the stem options at their defaults (small_image_stem=false, stem_max_pool=true)."
         )
-    first_conv.stride = (1, 1)
+    if stride_one:
+        first_conv.stride = (1, 1)
     model.maxpool = nn.Identity()
 
 
