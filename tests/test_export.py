@@ -87,32 +87,43 @@ def test_export_round_trips_into_continued_pretraining(runs, kind, tmp_path):
     assert all(torch.equal(v, teacher[f"backbone.{k}"]) for k, v in direct.state_dict().items())
 
 
-def test_small_image_stem_export_states_the_extra_lines(tmp_path):
-    backbone = Backbone("resnet10t", small_image_stem=True)
-    # The run started from a file that is gone since: export and load_backbone don't need it.
-    config = {"backbone": {"_target_": "ssl_zoo.models.backbones.Backbone", "model_name": "resnet10t",
-                           "small_image_stem": True, "init_from": str(tmp_path / "gone.pth"), "init_from_key": "teacher"},
-              "method": {"_target_": "ssl_zoo.methods.dino.DINO"}}
-    ckpt = tmp_path / "stem.ckpt"
+def handmade_checkpoint(path, backbone: Backbone, backbone_cfg: dict, method: str = "dino.DINO"):
+    """A checkpoint as `ssl-zoo train` writes it, for settings no tiny run here uses."""
+    config = {"backbone": {"_target_": "ssl_zoo.models.backbones.Backbone", **backbone_cfg},
+              "method": {"_target_": f"ssl_zoo.methods.{method}"}}
     torch.save({"state_dict": {f"teacher.backbone.{k}": v for k, v in backbone.state_dict().items()},
-                "ssl_zoo_config": config}, ckpt)
+                "ssl_zoo_config": config}, path)
+    return path
+
+
+@pytest.mark.parametrize("setting, lines", [
+    ({"small_image_stem": True}, ["model.conv1[0].stride = (1, 1)", "model.maxpool = torch.nn.Identity()"]),
+    ({"stem_max_pool": False}, ["model.maxpool = torch.nn.Identity()"]),
+])
+def test_resnet_stem_settings_export_states_the_extra_lines(tmp_path, setting, lines):
+    backbone = Backbone("resnet10t", **setting)
+    # The run started from a file that is gone since: export and load_backbone don't need it.
+    ckpt = handmade_checkpoint(tmp_path / "stem.ckpt", backbone, {
+        "model_name": "resnet10t", **setting, "init_from": str(tmp_path / "gone.pth"), "init_from_key": "teacher"})
     info = export_backbone(ckpt, tmp_path / "stem.safetensors")
-    assert "model.conv1[0].stride = (1, 1)" in info["python"] and "model.maxpool = torch.nn.Identity()" in info["python"]
-    assert any("small_image_stem" in note for note in info["notes"]) and info["kwargs"] == {}
+    code = [line for line in info["python"].splitlines() if line.startswith("model.") and line != "model.eval()"]
+    assert code == lines and info["kwargs"] == {} and any("stem" in note for note in info["notes"])
     assert torch.equal(load_backbone(ckpt)[0].model.conv1[0].weight, backbone.model.conv1[0].weight)
     images = torch.randn(2, 3, 16, 16)  # small: the stride-1 stem keeps full-size maps
     with torch.no_grad():
         expected = backbone.eval()(images)["cls"]
         assert (plain_timm(info)(images) - expected).abs().max() <= TOL
         # Without the extra lines the features differ: that is why they are printed.
-        bare = dict(info, python="\n".join(line for line in info["python"].splitlines() if not line.startswith("model.")))
+        bare = dict(info, python="\n".join(line for line in info["python"].splitlines() if line not in lines))
         assert (plain_timm(bare).eval()(images) - expected).abs().max() > 1e-3
-    config["method"]["_target_"] = "ssl_zoo.methods.byol.BYOL"
-    torch.save({"state_dict": {f"teacher.backbone.{k}": v for k, v in backbone.state_dict().items()},
-                "ssl_zoo_config": config}, ckpt)
+
+
+def test_export_refuses_what_it_cannot_write_before_writing(tmp_path):
+    backbone = Backbone("resnet10t")
+    ckpt = handmade_checkpoint(tmp_path / "byol.ckpt", backbone, {"model_name": "resnet10t"}, method="byol.BYOL")
     with pytest.raises(ExportError, match="BYOL has no DINO-style head"):
         export_backbone(ckpt, tmp_path / "byol.safetensors", head=True)
-    assert not (tmp_path / "byol.safetensors").exists()  # refused before writing anything
+    assert not (tmp_path / "byol.safetensors").exists()
 
 
 def test_cli_export_prints_the_call_and_fails_in_one_line(runs, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 HELP = """usage: ssl-zoo export ckpt=PATH out=FILE.safetensors [which=teacher|student] [head=true|false]
@@ -24,17 +25,19 @@ _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no":
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
+    from ssl_zoo.errors import UserError
+
     args: dict[str, str] = {}
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in _KEYS:
-            raise ValueError(f"unknown argument '{item}': give key=value with key in {', '.join(_KEYS)} (see --help)")
+            raise UserError(f"unknown argument '{item}': give key=value with key in {', '.join(_KEYS)} (see --help)")
         args[key] = value
     for key in ("ckpt", "out"):
         if not args.get(key):
-            raise ValueError(f"{key}=... is required (see ssl-zoo export --help)")
+            raise UserError(f"{key}=... is required (see ssl-zoo export --help)")
     if args.get("head", "false").lower() not in _BOOL:
-        raise ValueError(f"head={args['head']}: give true or false")
+        raise UserError(f"head={args['head']}: give true or false")
     return args
 
 
@@ -42,16 +45,17 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(HELP)
         return 0
-    from ssl_zoo.checkpoints import CheckpointError
-    from ssl_zoo.export import ExportError, export_backbone
-    from ssl_zoo.models.init_from import InitFromError
+    from ssl_zoo.errors import UserError, one_line
+    from ssl_zoo.export import export_backbone
 
     try:
         args = _parse(argv)
         info = export_backbone(args["ckpt"], args["out"], which=args.get("which", "teacher"),
                                head=_BOOL[args.get("head", "false").lower()])
-    except (ValueError, CheckpointError, ExportError, InitFromError, OSError) as err:
-        print(f"ssl-zoo export: error: {err}", file=sys.stderr)
+    except (UserError, OSError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # `ssl-zoo --debug export ...`
+            raise
+        print(f"ssl-zoo export: error: {one_line(err)}", file=sys.stderr)
         return 1
     print(f"wrote {info['file']} ({info['which']} backbone, {info['model_name']})")
     print(f"wrote {info['sidecar']} (the call below)")

@@ -14,13 +14,16 @@
   / ``ibot_head.*`` for DINOv2) plus the mask token, for ``method.head_init_from``.
 
 Settings timm cannot reproduce are never hidden: ``small_image_stem`` (a stride-1 stem
-without max-pool) is stated as two extra lines in the printed call; ``drop_path_uniform``
-changes only training (stochastic depth), so features are equal and a note says so.
+without max-pool) and ``stem_max_pool=false`` are stated as extra lines in the printed
+call; ``drop_path_uniform`` changes only training (stochastic depth), so features are
+equal and a note says so; any other Backbone-only setting away from its default is
+refused.
 The function takes a single-file checkpoint; a sharded one must be consolidated first.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -29,14 +32,16 @@ import torch
 from omegaconf import OmegaConf
 
 from ssl_zoo.checkpoints import CheckpointError, backbone_state_dict, load_checkpoint, run_config
+from ssl_zoo.errors import UserError
 from ssl_zoo.models.init_from import to_official_head
 
-# Backbone arguments that are ssl_zoo's, not timm.create_model's.
-_SSL_ZOO_ARGS = ("_target_", "model_name", "small_image_stem", "drop_path_uniform", "init_from", "init_from_key")
+# Backbone arguments without effect on the exported weights' features (the model name is
+# create_model's first argument; init_from only chose the starting weights).
+_NO_FEATURE_EFFECT = ("model_name", "init_from", "init_from_key")
 _HEADS = {"DINO": ("head",), "DINOv2": ("dino_head", "ibot_head")}
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """The checkpoint cannot be exported as asked; the message says why."""
 
 
@@ -66,13 +71,18 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
     state = backbone_state_dict(checkpoint, which, ckpt)
     backbone_cfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     model_name = backbone_cfg["model_name"]
-    kwargs = {k: v for k, v in backbone_cfg.items() if k not in _SSL_ZOO_ARGS}
-    small_image_stem = bool(backbone_cfg.get("small_image_stem", False))
+    kwargs, changed = _split_settings(backbone_cfg)
     notes = []
-    if small_image_stem:
-        notes.append("backbone.small_image_stem=true changes the stem's stride, which timm.create_model "
-                     "cannot express: run the extra lines after create_model, or the features differ")
-    if backbone_cfg.get("drop_path_uniform", False):
+    unknown = sorted(set(changed) - {"small_image_stem", "stem_max_pool", "drop_path_uniform"})
+    if unknown:
+        raise ExportError(
+            f"checkpoint {ckpt}: backbone.{unknown[0]}={changed[unknown[0]]} is an ssl_zoo setting the exporter "
+            "cannot reproduce with timm.create_model; refusing to write a file whose features could differ"
+        )
+    if "small_image_stem" in changed or "stem_max_pool" in changed:
+        notes.append("the run changed the ResNet stem (backbone.small_image_stem / stem_max_pool), which "
+                     "timm.create_model cannot express: run the extra lines after create_model, or the features differ")
+    if "drop_path_uniform" in changed:
         notes.append("backbone.drop_path_uniform=true changed only the training-time stochastic depth "
                      "(timm builds its linear ramp instead); eval features are identical")
     weights = {k[len("model."):]: v.contiguous() for k, v in state.items() if k.startswith("model.")}
@@ -100,8 +110,7 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
         "file": str(out.resolve()),
         "model_name": model_name,
         "kwargs": kwargs,
-        "small_image_stem": small_image_stem,
-        "python": timm_call(model_name, kwargs, out.resolve(), _stem_lines(reference_model) if small_image_stem else []),
+        "python": timm_call(model_name, kwargs, out.resolve(), _stem_lines(reference_model, changed)),
         "notes": notes,
         "source_checkpoint": str(ckpt.resolve()),
         "which": which,
@@ -118,11 +127,31 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
     return info
 
 
-def _stem_lines(model: torch.nn.Module) -> list[str]:
-    """What Backbone(small_image_stem=True) does to a timm ResNet, as lines of Python."""
-    conv = "model.conv1[0]" if isinstance(model.conv1, torch.nn.Sequential) else "model.conv1"
-    return ["# backbone.small_image_stem=true (not a timm argument): stride-1 first conv, no max-pool",
-            f"{conv}.stride = (1, 1)", "model.maxpool = torch.nn.Identity()"]
+def _split_settings(backbone_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(timm.create_model kwargs; Backbone-only settings that differ from their default).
+
+    Backbone's own arguments are read from its signature, so a setting added there later
+    is refused by the exporter until it is handled here."""
+    from ssl_zoo.models.backbones import Backbone
+
+    params = inspect.signature(Backbone.__init__).parameters
+    own = {name: p.default for name, p in params.items() if name != "self" and p.kind is not p.VAR_KEYWORD}
+    kwargs = {k: v for k, v in backbone_cfg.items() if k not in own and k != "_target_"}
+    changed = {k: v for k, v in backbone_cfg.items()
+               if k in own and k not in _NO_FEATURE_EFFECT and v != own[k]}
+    return kwargs, changed
+
+
+def _stem_lines(model: torch.nn.Module, changed: dict[str, Any]) -> list[str]:
+    """What Backbone's ResNet stem options do to a timm ResNet, as lines of Python."""
+    if "small_image_stem" in changed:
+        conv = "model.conv1[0]" if isinstance(model.conv1, torch.nn.Sequential) else "model.conv1"
+        return ["# backbone.small_image_stem=true (not a timm argument): stride-1 first conv, no max-pool",
+                f"{conv}.stride = (1, 1)", "model.maxpool = torch.nn.Identity()"]
+    if "stem_max_pool" in changed:
+        return ["# backbone.stem_max_pool=false (not a timm argument): no max-pool in the stem",
+                "model.maxpool = torch.nn.Identity()"]
+    return []
 
 
 def _head_tensors(checkpoint: dict, ckpt: Path, which: str, method: str, extra: dict) -> dict[str, torch.Tensor]:

@@ -70,6 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_zoo.errors import UserError
+
 log = logging.getLogger("ssl_zoo")
 
 WHICH = ("teacher", "student")
@@ -81,7 +83,7 @@ _VIT_SIZES = {192: ("Ti", "tiny", 12), 384: ("S", "small", 12), 768: ("B", "base
               1024: ("L", "large", 24), 1536: ("g", "giant", 40)}
 
 
-class InitFromError(ValueError):
+class InitFromError(UserError):
     """A weights file that cannot initialise the model; the message says why and what to do."""
 
 
