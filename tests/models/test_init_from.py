@@ -353,8 +353,10 @@ def test_resnet_file_into_a_vit_and_bad_files(resnet50_file, tmp_path):
     bad_safetensors.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InitFromError, match="bad.safetensors: cannot be read as safetensors"):
         Backbone("resnet50", init_from=str(bad_safetensors))
-    with pytest.raises(InitFromError, match="no such file"):
+    with pytest.raises(InitFromError, match="^backbone.init_from: .*missing.pth: no such file"):
         Backbone("resnet50", init_from=str(tmp_path / "missing.pth"))
+    with pytest.raises(InitFromError, match="^backbone.init_from_key=ema: choose one of teacher, student"):
+        Backbone("resnet50", init_from=str(path), init_from_key="ema")
 
     class Exploit:
         def __reduce__(self):

@@ -324,7 +324,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, which: str = "t
     file's mask token (None if it has none)."""
     path = Path(path).expanduser()
     model = backbone.model
-    state, mask_token, kind, notes = backbone_weights(path, model, which)
+    if which not in WHICH:
+        raise InitFromError(f"backbone.init_from_key={which}: choose one of {', '.join(WHICH)}")
+    try:
+        state, mask_token, kind, notes = backbone_weights(path, model, which)
+    except InitFromError as err:  # name the config key: the message is printed alone
+        raise InitFromError(f"backbone.init_from: {err}") from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -398,7 +403,10 @@ def load_heads(path: str | Path, heads: dict[str, nn.Module], method: str, which
     ``dino_head`` / ``ibot_head`` for DINOv2), strictly; returns an ssl_zoo mask token
     stored with the heads (None if there is none)."""
     path = Path(path).expanduser()
-    state, kind = _network(read_file(path), path, which)
+    try:
+        state, kind = _network(read_file(path), path, which)
+    except InitFromError as err:  # name the config key: the message is printed alone
+        raise InitFromError(f"method.head_init_from: {err}") from None
     groups = _head_groups(state)
     if not groups:
         raise InitFromError(
