@@ -97,7 +97,7 @@ class DINOv2(SSLMethod):
         if head_init_from:  # before the teacher copy, so both start from the file
             heads = {name: module for name, module in modules.items() if name != "backbone"}
             mask_token = load_heads(head_init_from, heads, method="dinov2")
-            if mask_token is not None:
+            if mask_token is not None and backbone.mask_token is not None:  # none without masking
                 backbone.set_mask_token(mask_token)
         self.student = nn.ModuleDict(modules)
         self.teacher = make_teacher(self.student)
