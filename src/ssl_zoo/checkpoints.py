@@ -133,7 +133,9 @@ def load_backbone(path: str | Path, which: str = "teacher"):
     checkpoint = load_checkpoint(path)
     cfg = run_config(path, checkpoint)
     state = backbone_state_dict(checkpoint, which, path)
-    backbone = instantiate(cfg.backbone)
+    # The checkpoint's weights replace any backbone.init_from of the run (which need not
+    # exist on this machine any more).
+    backbone = instantiate(cfg.backbone, init_from=None)
     if "mask_token" in state:
         backbone.enable_mask_token("checkpoint")
     missing, unexpected = backbone.load_state_dict(state, strict=False)

@@ -18,6 +18,7 @@ USAGE = """usage: ssl-zoo [--debug] <command> [args]
 commands:
   train [overrides]   pretrain a method and evaluate it (Hydra app; `ssl-zoo train --help`)
   data shard SRC DST  write an image folder as tar shards for data=shards (`ssl-zoo data -h`)
+  export ckpt=... out=...  backbone as safetensors for plain timm (`ssl-zoo export --help`)
 
 examples:
   ssl-zoo train                                   # DINO on the embedded shapes data, CPU
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "data":
         return _data(rest)
+    if command == "export":
+        from ssl_zoo.cli_export import main as export_main
+
+        return export_main(rest)
     print(f"ssl-zoo: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -24,6 +24,7 @@ class BYOL(SSLMethod):
     projector_hidden_dim, projector_out_dim: 4096, 256.
     predictor_hidden_dim: 4096.
     momentum_teacher: target EMA momentum at step 0, cosine to 1 (0.996).
+    head_init_from: must stay null: BYOL has no official PyTorch head release to load.
     **optim: see :class:`SSLMethod` (paper: LARS, base lr 0.2, weight decay 1.5e-6).
     """
 
@@ -33,8 +34,15 @@ class BYOL(SSLMethod):
         projector_hidden_dim: int = 4096,
         projector_out_dim: int = 256,
         predictor_hidden_dim: int = 4096,
+        head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
+        if head_init_from:
+            raise ValueError(
+                f"method.head_init_from={head_init_from}: BYOL has no official PyTorch head "
+                "release (DINO / DINOv2 heads do not fit its projector); initialise only the "
+                "backbone with backbone.init_from=... and leave method.head_init_from=null"
+            )
         super().__init__(backbone, **optim)
         for key, value in (("projector_hidden_dim", projector_hidden_dim), ("projector_out_dim", projector_out_dim),
                            ("predictor_hidden_dim", predictor_hidden_dim)):

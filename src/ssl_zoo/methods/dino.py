@@ -19,6 +19,7 @@ from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
+from ssl_zoo.models.init_from import load_heads
 
 
 class DINO(SSLMethod):
@@ -34,6 +35,9 @@ class DINO(SSLMethod):
             as in main_dino.py (0.04 over 30 in the paper's longer runs).
         teacher_targets: ``centering`` (the paper) or ``sinkhorn_knopp``.
         center_momentum: EMA of the center (0.9).
+        head_init_from: initial head weights: an official DINO head (a DINO training
+            checkpoint, teacher's by default), a DINOv2 ``dino_head``, or an ``ssl-zoo
+            export ... head=true`` file (:mod:`ssl_zoo.models.init_from`).
         momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine (0.996).
         **optim: see :class:`SSLMethod`; gradients are clipped per parameter
             (``grad_clip_mode=per_parameter``) and the frozen last layer gets no
@@ -57,6 +61,7 @@ class DINO(SSLMethod):
         warmup_teacher_temp_epochs: float = 0.0,
         teacher_targets: str = "centering",
         center_momentum: float = 0.9,
+        head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
         optim.setdefault("grad_clip_mode", "per_parameter")
@@ -66,6 +71,8 @@ class DINO(SSLMethod):
         )
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
         head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
+        if head_init_from:  # before the teacher copy, so both start from the file
+            load_heads(head_init_from, {"head": head}, method="dino")
         self.student = nn.ModuleDict({"backbone": backbone, "head": head})
         self.teacher = make_teacher(self.student)
         self.targets = build_teacher_targets(teacher_targets, out_dim, center_momentum=center_momentum)

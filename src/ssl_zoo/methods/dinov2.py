@@ -21,6 +21,7 @@ from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
+from ssl_zoo.models.init_from import load_heads
 
 
 class DINOv2(SSLMethod):
@@ -37,6 +38,10 @@ class DINOv2(SSLMethod):
         teacher_targets: ``centering`` (the reference default) or ``sinkhorn_knopp``.
         center_momentum: 0.9; sinkhorn_iterations: 3.
         dino_weight, ibot_weight, koleo_weight: 1.0, 1.0, 0.1.
+        head_init_from: initial head weights: an official DINOv2 ``dino_head`` /
+            ``ibot_head`` (teacher's by default), a DINO head, or an ``ssl-zoo export ...
+            head=true`` file, whose iBOT mask token also initialises the backbone's
+            (:mod:`ssl_zoo.models.init_from`).
         momentum_teacher: 0.992 (cosine to 1).
         **optim: see :class:`SSLMethod`; the reference uses layer_decay 0.9,
             patch_embed_lr_mult 0.2, freeze_last_layer_epochs 1, epochs of 1250
@@ -65,6 +70,7 @@ class DINOv2(SSLMethod):
         dino_weight: float = 1.0,
         ibot_weight: float = 1.0,
         koleo_weight: float = 0.1,
+        head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
         optim.setdefault("grad_clip_mode", "per_module")
@@ -98,6 +104,11 @@ class DINOv2(SSLMethod):
         modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, **head_dims)}
         if separate_ibot_head:
             modules["ibot_head"] = DINOHead(backbone.embed_dim, ibot_out_dim, **head_dims)
+        if head_init_from:  # before the teacher copy, so both start from the file
+            heads = {name: module for name, module in modules.items() if name != "backbone"}
+            mask_token = load_heads(head_init_from, heads, method="dinov2")
+            if mask_token is not None and backbone.mask_token is not None:  # none without masking
+                backbone.set_mask_token(mask_token)
         self.student = nn.ModuleDict(modules)
         self.teacher = make_teacher(self.student)
         kinds = {"center_momentum": center_momentum, "n_iterations": sinkhorn_iterations}
