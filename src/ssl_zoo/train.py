@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -128,11 +129,57 @@ def check_run_length(datamodule, trainer: L.Trainer) -> None:
         raise ConfigError(str(err)) from None
 
 
+def check_environment(cfg: DictConfig) -> None:
+    """Mistakes outside the method/data configs, caught before anything is built."""
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    logger = cfg.get("logger")
+    if logger is not None and str(logger.get("_target_", "")).endswith("WandbLogger") and not logger.get("offline", False):
+        if not _wandb_credentials():
+            raise ConfigError(
+                "logger.offline=false logs to W&B online, but no W&B credentials were found (no WANDB_API_KEY, "
+                "no `wandb login` entry in ~/.netrc): run `wandb login`, set WANDB_API_KEY, or keep "
+                "logger.offline=true and `wandb sync` the run later"
+            )
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
+    try:
+        hosts = netrc.netrc(path).hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    return base in hosts
+
+
 def run_config_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved run config as plain containers, without Hydra's own ``hydra`` node
-    (present when composed outside the CLI; its sweep keys only resolve inside a job)."""
-    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-            for key in cfg if key != "hydra"}
+    (present when composed outside the CLI; its sweep keys only resolve inside a job).
+    Values under secret-looking keys (api_key, token, password, secret) are redacted: this
+    is what checkpoints and loggers store."""
+    return redact_secrets(
+        {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+         for key in cfg if key != "hydra"}
+    )
+
+
+SECRET_KEY = re.compile(r"api_?key|token|secret|password|passwd|credential", re.IGNORECASE)
+
+
+def redact_secrets(value: Any) -> Any:
+    """A copy of nested dicts/lists with every value under a secret-looking key replaced."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if SECRET_KEY.search(str(k)) and v is not None else redact_secrets(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    return value
 
 
 def _target_name(node: DictConfig) -> str:
@@ -165,6 +212,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit the configured method and write ``run_dir/summary.json``; returns the summary."""
     started = time.perf_counter()
     _silence_expected_warnings()
+    check_environment(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     parts = build_all(cfg)

@@ -65,14 +65,14 @@ class SSLDataModule(L.LightningDataModule):
         **dataset_keys: Any,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"data.batch_size must be an int >= 1, got {batch_size!r}")
         if global_batch_size is not None and (
             not isinstance(global_batch_size, int) or global_batch_size < 1
         ):
             raise ValueError(f"data.global_batch_size must be an int >= 1 or null, got {global_batch_size!r}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if not _is_int(num_workers) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be an int >= 0, got {num_workers!r}")
         if (knn_train_set is None) != (knn_val_set is None):
             raise ValueError(
                 "data.knn_train_set and data.knn_val_set must be set together (or both null); "
@@ -208,3 +208,7 @@ def check_batch_sizes(datamodule: SSLDataModule, trainer: L.Trainer) -> int:
             f"trainer.accumulate_grad_batches, or set data.global_batch_size=null"
         )
     return actual
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
