@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(
             f"checkpoint {path}: cannot be read as a torch checkpoint with weights_only=True "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); the file is truncated, "
+            f"({type(err).__name__}: {_first_sentence(err)}); the file is truncated, "
             "corrupt, not a checkpoint, or holds pickled code, which is refused"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -47,6 +47,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "ssl-zoo train (a bare backbone state dict goes to backbone.init_from instead)"
         )
     return checkpoint
+
+
+def _first_sentence(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split(". ", 1)[0].rstrip(".")[:160]
 
 
 def _torch_load(path: Path) -> Any:

@@ -71,6 +71,8 @@ def build_param_groups(
     return list(groups.values())
 
 
+OPTIMIZERS = ("adamw", "sgd", "lars")
+
 def build_optimizer(name: str, param_groups: list[dict], lr: float, **kwargs) -> torch.optim.Optimizer:
     """AdamW, SGD or LARS (timm.optim.Lars) over the groups; lr/wd are set each step."""
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups]
@@ -83,7 +85,7 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, **kwargs) ->
         from timm.optim import Lars
 
         return Lars(groups, lr=lr, weight_decay=0.0, momentum=kwargs.pop("momentum", 0.9), **kwargs)
-    raise ValueError(f"method.optimizer.name must be one of adamw, sgd, lars; got '{name}'")
+    raise ValueError(f"method.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 @torch.no_grad()

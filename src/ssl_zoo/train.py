@@ -46,7 +46,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             raise cause from None
         message = str(cause)
         # Constructors already name their key (method.teacher_temp ...): don't repeat it.
-        raise ConfigError(message if message.startswith(f"{key}.") else f"{key}: {message}") from cause
+        raise ConfigError(message if message.startswith((f"{key}.", f"{key}=")) else f"{key}: {message}") from cause
 
 
 def _build_collate(cfg: DictConfig, backbone, method) -> MultiCropCollate:

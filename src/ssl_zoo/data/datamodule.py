@@ -104,7 +104,7 @@ class SSLDataModule(L.LightningDataModule):
         if self.train_set is None:
             self.train_set = self.train_factory(transform=self.train_transform)
             if len(self.train_set) < self.batch_size:
-                raise ValueError(
+                raise DataError(
                     f"the training set has {len(self.train_set)} images, fewer than "
                     f"data.batch_size={self.batch_size}: lower data.batch_size or add data"
                 )

@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import Dataset
 
 from ssl_zoo.data.images import (
-    EXAMPLES,
     IMAGE_EXTENSIONS,
     BadImageError,
     BadImageLog,
@@ -120,7 +119,9 @@ class ImageFolder(Dataset):
         self.on_bad_image = check_policy(on_bad_image)
         self.root = os.path.abspath(os.path.expanduser(str(root)))
         self.config_key = config_key
-        where = f"{self.root} ({config_key}={root})"
+        # The absolute path only when the user gave a relative one (it says where that is).
+        where = f"{config_key}={root}" if os.path.isabs(str(root)) and str(root) == self.root \
+            else f"{config_key}={root} ({self.root})"
         if not os.path.exists(self.root):
             raise DataError(f"{where} does not exist: expected a directory of images (class subfolders optional)")
         if not os.path.isdir(self.root):
@@ -155,7 +156,8 @@ class ImageFolder(Dataset):
         if not good:
             raise DataError(
                 f"all {len(images)} image file(s) under {where} are bad, e.g. "
-                + "; ".join(f"{n} ({r})" for n, r in bad[:EXAMPLES])
+                + "; ".join(f"{os.path.relpath(n, self.root)} ({r})" for n, r in bad[:3])
+                + ": replace or remove them, or point the key at another folder"
             )
         # numpy arrays, not lists of str: forked workers share them without touching
         # millions of reference counts (copy-on-write stays shared).

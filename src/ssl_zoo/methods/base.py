@@ -19,6 +19,7 @@ from ssl_zoo.checkpoints import CONFIG_KEY
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import ema_update, set_teacher_mode
 from ssl_zoo.optim import (
+    OPTIMIZERS,
     build_optimizer,
     build_param_groups,
     clip_grad_norm_per_module,
@@ -85,6 +86,7 @@ class SSLMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
+        _check("optimizer", str(optimizer).lower() in OPTIMIZERS, repr(optimizer), f"one of {', '.join(OPTIMIZERS)}")
         _check("base_lr", base_lr > 0, base_lr, "> 0")
         _check("lr_scaling", lr_scaling in _LR_SCALING, lr_scaling, f"one of {sorted(_LR_SCALING)}")
         _check("min_lr", min_lr >= 0, min_lr, ">= 0")

@@ -1,0 +1,263 @@
+"""The catalog of bad inputs (docs/reliability.md): each one stops the run before any work
+is lost, with one message that says what is wrong, where, and what to do.
+
+Every case goes through the real config composition and ``train()`` (what `ssl-zoo train`
+runs; the CLI prints a UserError's message alone, tested at the end). The docs table is
+rendered from the messages these cases really produce:
+``SSL_ZOO_UPDATE_DOCS=1 pytest tests/test_bad_inputs.py`` rewrites it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ssl_zoo.errors import UserError
+from ssl_zoo.train import train
+from tests.conftest import REPO_ROOT, TINY_DATA, TINY_VIT, run_cli
+
+QUIET = ["~logger", "callbacks.progress=null", "callbacks.knn=null", "callbacks.curve=null"]
+DOC = REPO_ROOT / "docs" / "reliability.md"
+BEGIN, END = "<!-- catalog:begin -->", "<!-- catalog:end -->"
+
+
+@dataclass
+class Case:
+    area: str
+    what: str
+    overrides: list[str]
+    expected: str  # a regex the message must match
+    setup: Callable[[Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _images(directory: Path, classes=("a", "b"), per_class=4, corrupt=False) -> None:
+    for name in classes:
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            path = directory / name / f"{i}.jpg"
+            if corrupt:
+                path.write_bytes(b"\xff\xd8\xff this is not really a jpeg" * 3)
+            else:
+                Image.new("RGB", (40, 40), (40 * i, 100, 50)).save(path)
+
+
+def _setup_empty(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+
+
+def _setup_corrupt(tmp: Path) -> None:
+    _images(tmp / "corrupt", corrupt=True)
+
+
+def _setup_file(tmp: Path) -> None:
+    (tmp / "file.txt").write_text("not a directory")
+
+
+def _setup_few(tmp: Path) -> None:
+    _images(tmp / "few", per_class=2)
+
+
+def _setup_knn_mismatch(tmp: Path) -> None:
+    _images(tmp / "bank", classes=("cat", "dog"))
+    _images(tmp / "queries", classes=("cat", "fox"))
+
+
+def _setup_flat_knn(tmp: Path) -> None:
+    _images(tmp / "bank", classes=("cat", "dog"))
+    (tmp / "flat").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp / "flat" / "x.jpg")
+
+
+def _setup_unreadable_ckpt(tmp: Path) -> None:
+    (tmp / "empty.ckpt").write_bytes(b"")
+    (tmp / "garbage.ckpt").write_bytes(b"\x00\x01 definitely not a checkpoint " * 50)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp / "bare.pt")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _setup_malicious_ckpt(tmp: Path) -> None:
+    with open(tmp / "crafted.ckpt", "wb") as f:
+        pickle.dump({"state_dict": {}, "payload": _Exploit()}, f)
+
+
+def _setup_foreign_ckpt(tmp: Path) -> None:
+    # A BYOL checkpoint's tensors, as a DINO run would meet them.
+    from ssl_zoo.config import compose_config
+    from ssl_zoo.train import build_all
+
+    parts = build_all(compose_config([*TINY_DATA, *QUIET, "method=byol"], tmp))
+    torch.save({"state_dict": parts["method"].state_dict(), "ssl_zoo_config": {
+        "method": {"_target_": "ssl_zoo.methods.byol.BYOL"}, "backbone": {"model_name": "resnet10t"}}},
+        tmp / "byol.ckpt")
+
+
+def _setup_vit_ckpt(tmp: Path) -> None:
+    from ssl_zoo.config import compose_config
+    from ssl_zoo.train import build_all
+
+    parts = build_all(compose_config([*TINY_DATA, *QUIET, *TINY_VIT], tmp))
+    torch.save({"state_dict": parts["method"].state_dict()}, tmp / "vit.ckpt")
+
+
+CASES = {
+    # --- configuration ---------------------------------------------------------------------
+    "negative-temperature": Case("config", "a teacher temperature <= 0", ["method.teacher_temp=-1"],
+                                 r"^method\.teacher_temp must be > 0, got -1"),
+    "wrong-type-batch": Case("config", "a batch size that is not a number", ["data.batch_size=abc"],
+                             r"^data\.batch_size must be an int >= 1, got 'abc'"),
+    "zero-batch": Case("config", "a batch size of 0", ["data.batch_size=0"], r"^data\.batch_size must be an int >= 1"),
+    "negative-workers": Case("config", "negative DataLoader workers", ["data.num_workers=-1"],
+                             r"^data\.num_workers must be an int >= 0"),
+    "wrong-type-seed": Case("config", "a seed that is not an int", ["seed=abc"], r"^seed must be an int"),
+    "steps-vs-epochs": Case("config", "max_steps and max_epochs that disagree",
+                            ["trainer.max_epochs=1", "trainer.max_steps=5"],
+                            r"trainer\.max_steps=5 and trainer\.max_epochs=1 disagree.*trainer\.max_epochs=null"),
+    "unknown-optimizer": Case("config", "an optimizer that does not exist", ["method.optimizer=adam"],
+                              r"method\.optimizer"),
+    "bad-clip-mode": Case("config", "an unknown gradient-clipping mode", ["method.grad_clip_mode=layerwise"],
+                          r"^method\.grad_clip_mode must be one of"),
+    "byol-local-crops": Case("config", "BYOL with local crops",
+                             ["method=byol", "augmentation.transform.n_local=2"], r"augmentation\.transform\.n_local"),
+    "dinov2-on-cnn": Case("config", "DINOv2's iBOT on a CNN (no patch tokens)",
+                          ["method=dinov2", "backbone=resnet10t"], r"method=dinov2 .*backbone=resnet10t has none"),
+    "dinov2-no-masks": Case("config", "DINOv2 on a ViT with the iBOT masks switched off",
+                            ["method=dinov2", *TINY_VIT, "augmentation.masking=null"],
+                            r"augmentation\.masking is null.*ibot_weight=0"),
+    "crop-vs-patch": Case("config", "a crop size the ViT patch size does not divide",
+                          [*TINY_VIT, "data.image_size=30"], r"augmentation\.transform\.global_size=30 is not divisible"),
+    "knn-k": Case("config", "a kNN with k = 0", ["callbacks.knn.k=0"], r"^callbacks\.knn\.k must be >= 1, got 0"),
+    "global-batch": Case("config", "a global batch the devices cannot give", ["+data.global_batch_size=48"],
+                         r"data\.global_batch_size=48 but .* = 32 x 1 x 1 x 1 = 32"),
+    "bad-precision": Case("config", "a precision Lightning does not know", ["trainer.precision=bf17"],
+                          r"^trainer: Precision 'bf17' is invalid"),
+    "guard-limit": Case("config", "a negative non-finite step limit", ["callbacks.nonfinite.max_skipped_steps=-1"],
+                        r"callbacks\.nonfinite\.max_skipped_steps must be an int >= 0"),
+    # --- data ------------------------------------------------------------------------------
+    "missing-root": Case("data", "an image folder that does not exist",
+                         ["data=imagefolder", "data.root={tmp}/nowhere"], r"^data\.root=.*nowhere does not exist"),
+    "root-is-file": Case("data", "an image folder that is a file", ["data=imagefolder", "data.root={tmp}/file.txt"],
+                         r"is a file, not a directory", _setup_file),
+    "empty-folder": Case("data", "an empty dataset", ["data=imagefolder", "data.root={tmp}/empty"],
+                         r"no images .* under data\.root=.*empty: expected an image tree", _setup_empty),
+    "all-corrupt": Case("data", "every image corrupt", ["data=imagefolder", "data.root={tmp}/corrupt"],
+                        r"all 8 image file\(s\) under data\.root=.*corrupt are bad, e\.g\. a/0\.jpg \(not an image", _setup_corrupt),
+    "fewer-than-batch": Case("data", "fewer images than one batch",
+                             ["data=imagefolder", "data.root={tmp}/few", "data.batch_size=32"],
+                             r"the training set has 4 images, fewer than data\.batch_size=32", _setup_few),
+    "knn-classes": Case("data", "kNN bank and queries with different classes",
+                        ["data=imagefolder", "data.root={tmp}/bank", "data.knn_train_root={tmp}/bank",
+                         "data.knn_val_root={tmp}/queries", "data.batch_size=4"],
+                        r"the kNN splits have different classes", _setup_knn_mismatch),
+    "knn-no-classes": Case("data", "kNN queries without class folders",
+                           ["data=imagefolder", "data.root={tmp}/bank", "data.knn_train_root={tmp}/bank",
+                            "data.knn_val_root={tmp}/flat", "data.batch_size=4"],
+                           r"must hold class folders", _setup_flat_knn),
+    # --- checkpoints ------------------------------------------------------------------------
+    "ckpt-missing": Case("checkpoint", "ckpt_path to a file that does not exist", ["ckpt_path={tmp}/nope.ckpt"],
+                         r"nope\.ckpt: no such file"),
+    "ckpt-empty": Case("checkpoint", "an empty checkpoint file", ["ckpt_path={tmp}/empty.ckpt"],
+                       r"empty\.ckpt: the file is empty", _setup_unreadable_ckpt),
+    "ckpt-garbage": Case("checkpoint", "a corrupt or truncated checkpoint", ["ckpt_path={tmp}/garbage.ckpt"],
+                         r"garbage\.ckpt: cannot be read .* truncated, corrupt", _setup_unreadable_ckpt),
+    "ckpt-bare": Case("checkpoint", "a bare state dict as ckpt_path", ["ckpt_path={tmp}/bare.pt"],
+                      r"bare\.pt: no 'state_dict' inside", _setup_unreadable_ckpt),
+    "ckpt-malicious": Case("checkpoint", "a pickle that would run code", ["ckpt_path={tmp}/crafted.ckpt"],
+                           r"crafted\.ckpt: cannot be read .*pickled code, which is refused", _setup_malicious_ckpt),
+    "ckpt-other-method": Case("checkpoint", "a checkpoint from another method", ["ckpt_path={tmp}/byol.ckpt"],
+                              r"does not fit this run's DINO on backbone=resnet10t \(written by BYOL", _setup_foreign_ckpt),
+    "ckpt-other-backbone": Case("checkpoint", "a checkpoint from another backbone", ["ckpt_path={tmp}/vit.ckpt"],
+                                r"does not fit this run's DINO on backbone=resnet10t: .* tensors missing",
+                                _setup_vit_ckpt),
+    "init-from-missing": Case("checkpoint", "backbone.init_from to a missing file",
+                              ["backbone.init_from={tmp}/weights.pth"], r"backbone\.init_from.*weights\.pth"),
+    # --- environment ------------------------------------------------------------------------
+    "wandb-online": Case("environment", "W&B online mode without credentials",
+                         ["logger=wandb", "logger.offline=false"],
+                         r"no W&B credentials were found.*wandb login.*logger\.offline=true",
+                         env={"WANDB_API_KEY": "", "NETRC": "/nonexistent/netrc"}),
+}
+
+
+def _base(overrides: list[str]) -> list[str]:
+    """TINY_DATA for the embedded data; for image folders only what the case leaves unset."""
+    if "data=imagefolder" not in overrides:
+        return TINY_DATA
+    base = ["data.num_workers=0", "data.batch_size=4", "logger=csv"]
+    given = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in base if o.split("=", 1)[0] not in given]
+
+
+def _run(case: Case, tmp: Path, monkeypatch) -> str:
+    if case.setup is not None:
+        case.setup(tmp)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    from ssl_zoo.config import compose_config
+
+    overrides = [o.replace("{tmp}", str(tmp)) for o in case.overrides]
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    with pytest.raises(UserError) as info:
+        given = {".".join(o.split("=", 1)[0].split(".")[:2]) for o in overrides}  # e.g. callbacks.knn
+        quiet = [q for q in QUIET if not (q == "~logger" and any(o.startswith("logger=") for o in overrides))
+                 and q.split("=", 1)[0] not in given]
+        train(compose_config([*_base(overrides), *quiet, "trainer.max_steps=2", *overrides], run_dir), run_dir)
+    # Nothing was trained or written over: the error came before the first step.
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+    return str(info.value)
+
+
+MESSAGES: dict[str, str] = {}  # case -> message with <dir> for its directory (reused by the docs test)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gets_one_clear_message(name, tmp_path, monkeypatch):
+    case = CASES[name]
+    message = _run(case, tmp_path, monkeypatch)
+    MESSAGES[name] = message.replace(str(tmp_path), "<dir>")
+    assert re.search(case.expected, message, re.S), message
+    assert "Traceback" not in message and len(message) < 700
+
+
+def test_catalog_has_at_least_25_inputs_across_all_areas():
+    assert len(CASES) >= 25
+    assert {c.area for c in CASES.values()} == {"config", "data", "checkpoint", "environment"}
+
+
+def test_docs_list_the_catalog_with_each_message(tmp_path_factory, monkeypatch):
+    rows = []
+    for name, case in CASES.items():
+        if name not in MESSAGES:  # this worker did not run that case yet
+            tmp = tmp_path_factory.mktemp(name)
+            MESSAGES[name] = _run(case, tmp, monkeypatch).replace(str(tmp), "<dir>")
+        message = MESSAGES[name]
+        inputs = " ".join(o.replace("{tmp}", "<dir>") for o in case.overrides)
+        rows.append(f"| {case.area} | {case.what} | `{inputs}` | {message.replace('|', '/')} |")
+    table = "| area | bad input | overrides | message |\n|---|---|---|---|\n" + "\n".join(rows)
+    section = f"{BEGIN}\n{table}\n{END}"
+    text = DOC.read_text() if DOC.exists() else ""
+    if os.environ.get("SSL_ZOO_UPDATE_DOCS") == "1":
+        pattern = re.escape(BEGIN) + ".*?" + re.escape(END)
+        DOC.write_text(re.sub(pattern, lambda _: section, text, flags=re.S) if BEGIN in text else text + "\n" + section + "\n")
+        text = DOC.read_text()
+    assert section in text, "docs/reliability.md is out of date: SSL_ZOO_UPDATE_DOCS=1 pytest tests/test_bad_inputs.py"
+
+
+def test_the_cli_prints_the_message_alone(tmp_path):
+    result = run_cli(["train", *TINY_DATA, "data.batch_size=abc", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "ssl-zoo train: error: data.batch_size must be an int >= 1, got 'abc'"
+    assert "Traceback" not in result.stderr
