@@ -24,6 +24,9 @@ from ssl_zoo.errors import UserError
 from ssl_zoo.train import train
 from tests.conftest import REPO_ROOT, TINY_DATA, TINY_VIT, run_cli
 
+# One xdist worker runs the whole catalog, so the docs test reuses the cases' messages.
+pytestmark = pytest.mark.xdist_group("bad_inputs")
+
 QUIET = ["~logger", "callbacks.progress=null", "callbacks.knn=null", "callbacks.curve=null"]
 DOC = REPO_ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- catalog:begin -->", "<!-- catalog:end -->"
