@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_zoo.callbacks.curve import LearningCurve
+from ssl_zoo.callbacks.health import HealthMonitor
 from ssl_zoo.callbacks.knn import KNNEvaluator
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
@@ -158,7 +159,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
     check_run_length(datamodule, trainer)
-    parts["method"].run_config = OmegaConf.to_container(cfg, resolve=True)
+    # Without Hydra's own node: composed with return_hydra_config (tests, notebooks) it has
+    # keys that only a real Hydra job fills (hydra.job.num), so resolving it would fail.
+    run_keys = [key for key in cfg if key != "hydra"]
+    parts["method"].run_config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(parts["method"].run_config)
     trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -166,6 +170,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     knn = _find(parts["callbacks"], KNNEvaluator)
     throughput = _find(parts["callbacks"], Throughput)
     curve = _find(parts["callbacks"], LearningCurve)
+    health = _find(parts["callbacks"], HealthMonitor)
     checkpoint = trainer.checkpoint_callback
     ckpt = None
     if checkpoint is not None:
@@ -185,6 +190,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
         "steps": trainer.global_step,
+        # Why the run ended before its planned length (null: it ran to the end).
+        "stop_reason": health.stop_reason if health else None,
+        "health_symptoms": health.symptoms if health else {},
         "epochs": trainer.current_epoch,
         "wall_time_sec": time.perf_counter() - started,
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
@@ -220,6 +228,10 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
     if summary["bad_images"]:
         table.add_row("bad images skipped", f"{summary['bad_images']} (e.g. {summary['bad_image_examples'][0]})")
+    if summary["stop_reason"]:
+        table.add_row("stopped early", summary["stop_reason"])
+    elif summary["health_symptoms"]:
+        table.add_row("health warnings", ", ".join(summary["health_symptoms"]))
     if summary["learning_curve"]:
         table.add_row("learning curve", summary["learning_curve"])
     table.add_row("checkpoint", str(summary["checkpoint"]))
