@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.health import HealthMonitor
 from ssl_zoo.callbacks.knn import KNNEvaluator
+from ssl_zoo.callbacks.probe import OnlineLinearProbe
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
@@ -171,6 +172,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     throughput = _find(parts["callbacks"], Throughput)
     curve = _find(parts["callbacks"], LearningCurve)
     health = _find(parts["callbacks"], HealthMonitor)
+    probe = _find(parts["callbacks"], OnlineLinearProbe)
     checkpoint = trainer.checkpoint_callback
     ckpt = None
     if checkpoint is not None:
@@ -187,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "knn_k": knn.k if knn else None,
         "knn_temperature": knn.temperature if knn else None,
         "knn_history": [{"step": s, "top1": v} for s, v in knn.history] if knn else [],
+        "probe_top1_end": probe.last_top1 if probe else None,
         "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
         "steps": trainer.global_step,
