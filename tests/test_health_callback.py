@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from ssl_zoo.callbacks.health import HealthMonitor, diagnose
-from ssl_zoo.train import train
+from ssl_zoo.callbacks.health import HealthMonitor, diagnose, measure
+from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.train import build_all, train
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 
 QUIET = [*TINY_DATA, *TINY_VIT, *TINY_HEAD, "callbacks.knn=null", "callbacks.progress=null", "callbacks.checkpoint=null",
@@ -74,3 +75,18 @@ def test_sharp_collapse_stops_the_run_when_asked(compose_cfg, tmp_path, caplog):
 
 
 # A healthy start of every method staying quiet: tests/test_metric_names.py.
+
+
+def test_step_signals_follow_the_contract_and_sinkhorn_has_no_center(compose_cfg):
+    parts = build_all(compose_cfg([*QUIET, "method.teacher_targets=sinkhorn_knopp", "data.batch_size=8"]))
+    method, datamodule = parts["method"], parts["datamodule"]
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=8)
+    method.compute_loss(batch, step=0)
+    signals = method.step_signals
+    assert set(signals) == {"student_features", "eval_features", "teacher_probs"} <= set(SSLMethod.STEP_SIGNALS)
+    assert signals["student_features"].shape == (16, 64) and signals["teacher_probs"].shape == (16, 256)
+    assert not any(t.requires_grad for t in signals.values())
+    values, _ = measure(signals)
+    assert "center_norm" not in values and "teacher_entropy" in values

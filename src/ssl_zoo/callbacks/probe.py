@@ -96,20 +96,23 @@ class OnlineLinearProbe(L.Callback):
         if self.head is None:
             return
         features = getattr(pl_module, "step_signals", {}).get("eval_features")
-        labels = batch["labels"]
-        if features is None or labels.min() < 0:  # unlabeled training images: nothing to learn
+        if features is None:
             return
-        labels = labels.repeat(features.shape[0] // labels.shape[0])  # view-major rows
+        labels = batch["labels"].repeat(features.shape[0] // batch["labels"].shape[0])  # view-major rows
+        # Unlabeled images (label -1) are masked out rather than tested for with an `if`,
+        # which would sync with the device on every step.
+        labeled = labels >= 0
         with torch.enable_grad(), torch.autocast(device_type=features.device.type, enabled=False):
             logits = self.head(features.float())
-            loss = F.cross_entropy(logits, labels)
+            losses = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+            loss = (losses * labeled).sum() / labeled.sum().clamp_min(1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for param in self.head.parameters():  # every process keeps the same probe
             param.grad = distributed.all_reduce_mean(param.grad)
         self.optimizer.step()
-        self._correct += (logits.detach().argmax(dim=1) == labels).sum()
-        self._seen += labels.numel()
+        self._correct += ((logits.detach().argmax(dim=1) == labels) & labeled).sum()
+        self._seen += labeled.sum()
         step = trainer.global_step
         due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
         if due and (not self.history or self.history[-1][0] != step):
