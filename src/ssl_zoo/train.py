@@ -226,6 +226,8 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
             f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']})",
             f"step 0: {pct(start)}  ->  step {summary['steps']}: {pct(end)}{gain}\nraw pixels: {pct(raw)}",
         )
+    if summary["probe_top1_end"] is not None:
+        table.add_row("online linear probe top-1", pct(summary["probe_top1_end"]))
     ips = summary["images_per_sec"]
     table.add_row("training images/s (median)", "n/a" if ips is None else f"{ips:.1f}")
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
