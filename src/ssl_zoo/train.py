@@ -24,7 +24,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_zoo.callbacks.curve import LearningCurve
+from ssl_zoo.callbacks.health import HealthMonitor
 from ssl_zoo.callbacks.knn import KNNEvaluator
+from ssl_zoo.callbacks.probe import OnlineLinearProbe
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.checkpoints import check_resumable
 from ssl_zoo.data.collate import MultiCropCollate
@@ -231,6 +233,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     knn = _find(parts["callbacks"], KNNEvaluator)
     throughput = _find(parts["callbacks"], Throughput)
     curve = _find(parts["callbacks"], LearningCurve)
+    health = _find(parts["callbacks"], HealthMonitor)
+    probe = _find(parts["callbacks"], OnlineLinearProbe)
     checkpoint = trainer.checkpoint_callback
     ckpt = None
     if checkpoint is not None:
@@ -247,9 +251,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "knn_k": knn.k if knn else None,
         "knn_temperature": knn.temperature if knn else None,
         "knn_history": [{"step": s, "top1": v} for s, v in knn.history] if knn else [],
+        "probe_top1_end": probe.last_top1 if probe else None,
         "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
         "steps": trainer.global_step,
+        # Why the run ended before its planned length (null: it ran to the end).
+        "stop_reason": health.stop_reason if health else None,
+        "health_symptoms": health.symptoms if health else {},
         "epochs": trainer.current_epoch,
         "wall_time_sec": time.perf_counter() - started,
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
@@ -280,11 +288,17 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
             f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']})",
             f"step 0: {pct(start)}  ->  step {summary['steps']}: {pct(end)}{gain}\nraw pixels: {pct(raw)}",
         )
+    if summary["probe_top1_end"] is not None:
+        table.add_row("online linear probe top-1", pct(summary["probe_top1_end"]))
     ips = summary["images_per_sec"]
     table.add_row("training images/s (median)", "n/a" if ips is None else f"{ips:.1f}")
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
     if summary["bad_images"]:
         table.add_row("bad images skipped", f"{summary['bad_images']} (e.g. {summary['bad_image_examples'][0]})")
+    if summary["stop_reason"]:
+        table.add_row("stopped early", summary["stop_reason"])
+    elif summary["health_symptoms"]:
+        table.add_row("health warnings", ", ".join(summary["health_symptoms"]))
     if summary["learning_curve"]:
         table.add_row("learning curve", summary["learning_curve"])
     table.add_row("checkpoint", str(summary["checkpoint"]))

@@ -4,6 +4,11 @@ A method subclasses :class:`SSLMethod` and implements ``compute_loss(batch, step
 returning ``(loss, logs)``; if it has an EMA teacher it also implements
 ``update_teacher(step)``. Everything else (what to log, when lr / weight decay change,
 when the teacher moves) lives here once, so methods stay short and comparable.
+
+What callbacks may read of a step (the health monitor, the online probe) is the
+``step_signals`` contract below: ``compute_loss`` records detached tensors it has
+computed anyway, so no callback re-runs a forward and nothing syncs with the host unless
+a callback reads them.
 """
 
 from __future__ import annotations
@@ -57,6 +62,15 @@ class SSLMethod(L.LightningModule):
         momentum_teacher: EMA momentum of the teacher at step 0, raised to 1 with a cosine
             (DINO, BYOL 0.996; DINOv2 0.992).
     """
+
+    #: Keys of ``step_signals``, filled by every ``compute_loss`` (detached, this step's
+    #: batch, this process's rows; V global views of B images, view-major):
+    STEP_SIGNALS = {
+        "student_features": "(V*B, D) student backbone CLS features of the global crops (every method)",
+        "eval_features": "(V*B, D) the same crops through eval_backbone, the one kNN reads (every method)",
+        "teacher_probs": "(V*B, K) teacher target probabilities of the global crops (DINO, DINOv2)",
+        "center": "(1, K) softmax-centering vector after this step's update (DINO family with centering)",
+    }
 
     backbone_param_prefix = "student.backbone."
     # DINO's reference drops the last layer's gradients while it is frozen
@@ -121,6 +135,8 @@ class SSLMethod(L.LightningModule):
         self.momentum = momentum
         self.momentum_teacher = momentum_teacher
         self.teacher: nn.Module | None = None
+        # See STEP_SIGNALS; references only (no copy), replaced every step.
+        self.step_signals: dict[str, torch.Tensor] = {}
         # The resolved run config, set by train() and saved in every checkpoint so that
         # eval / viz / export can rebuild the backbone from the file alone.
         self.run_config: dict[str, Any] | None = None
@@ -138,6 +154,13 @@ class SSLMethod(L.LightningModule):
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def record_signals(self, **tensors: torch.Tensor) -> None:
+        """Store detached ``STEP_SIGNALS`` of this step for the callbacks."""
+        unknown = tensors.keys() - self.STEP_SIGNALS.keys()
+        if unknown:
+            raise KeyError(f"not step signals: {sorted(unknown)} (declare them in SSLMethod.STEP_SIGNALS)")
+        self.step_signals.update({name: t.detach() for name, t in tensors.items()})
 
     def update_teacher(self, step: int) -> None:
         """Called once after every real optimizer step (never on accumulation steps)."""
@@ -221,6 +244,7 @@ class SSLMethod(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         step = self.trainer.global_step
         lr, wd = self.apply_schedules(self.trainer.optimizers[0], step)
+        self.step_signals = {}  # never a previous step's tensors
         loss, logs = self.compute_loss(batch, step)
         self.last_loss = loss.detach()
         batch_size = batch["global_crops"].shape[0]

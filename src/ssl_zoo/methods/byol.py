@@ -63,7 +63,9 @@ class BYOL(SSLMethod):
         views = batch["global_crops"]  # (2B, C, H, W): [view 1; view 2]
         with torch.no_grad():
             targets = self.teacher["projector"](self.teacher["backbone"](views)["cls"])
-        predictions = self.predictor(self.student["projector"](self.student["backbone"](views)["cls"]))
+        features = self.student["backbone"](views)["cls"]
+        predictions = self.predictor(self.student["projector"](features))
+        self.record_signals(student_features=features, eval_features=features)  # eval_backbone: the student
         p1, p2 = predictions.chunk(2)
         z1, z2 = targets.chunk(2)
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)

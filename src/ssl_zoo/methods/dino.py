@@ -92,7 +92,8 @@ class DINO(SSLMethod):
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]
         teacher_temp = self.teacher_temp_at(step)
         with torch.no_grad():
-            teacher_logits = self.teacher["head"](self.teacher["backbone"](global_crops)["cls"])
+            teacher_features = self.teacher["backbone"](global_crops)["cls"]
+            teacher_logits = self.teacher["head"](teacher_features)
             teacher_probs = self.targets.targets(teacher_logits, teacher_temp)
         # The backbone runs once per resolution; the head once over every crop.
         features = [self.student["backbone"](global_crops)["cls"]]
@@ -108,5 +109,8 @@ class DINO(SSLMethod):
             student_temp=self.temperatures.student,
         )
         self.targets.update(teacher_logits)
+        self.record_signals(student_features=features[0], eval_features=teacher_features, teacher_probs=teacher_probs)
+        if hasattr(self.targets, "center"):
+            self.record_signals(center=self.targets.center)
         logs = {"dino_loss": loss.detach(), "teacher_temp": teacher_temp, "teacher_momentum": self.momentum_at(step)}
         return loss, logs

@@ -177,7 +177,14 @@ class DINOv2(SSLMethod):
         self.cls_targets.update(t_cls)
         if masks is not None:
             self.patch_targets.update(t_patch)
+        self.record_signals(student_features=student_global["cls"], eval_features=teacher_out["cls"],
+                            teacher_probs=t_cls_probs)
+        if hasattr(self.cls_targets, "center"):
+            self.record_signals(center=self.cls_targets.center)
         logs = {f"{name}_loss": value.detach() for name, value in terms.items() if name != "total"}
+        # DINO's definition (mean cross-entropy over the view pairs, before dino_weight), so
+        # one panel compares train/dino_loss across the family; the split stays as extra terms.
+        logs["dino_loss"] = (terms["dino_local"] + terms["dino_global"]).detach() / self.weights["dino_weight"]
         logs.update(teacher_temp=teacher_temp, teacher_momentum=self.momentum_at(step),
                     masked_patch_fraction=masks.float().mean() if masks is not None else 0.0)
         return terms["total"], logs

@@ -36,7 +36,9 @@ class Supervised(SSLMethod):
         labels = batch["labels"].repeat(crops.shape[0] // batch["labels"].shape[0])
         if labels.min() < 0:
             raise ValueError("method=supervised needs labeled training data (got label -1: unlabeled images)")
-        logits = self.student["classifier"](self.student["backbone"](crops)["cls"])
+        features = self.student["backbone"](crops)["cls"]
+        self.record_signals(student_features=features, eval_features=features)
+        logits = self.student["classifier"](features)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         return loss, {"ce_loss": loss.detach(), "top1": accuracy.detach()}
