@@ -15,6 +15,8 @@ USAGE = """usage: ssl-zoo <command> [args]
 commands:
   train [overrides]   pretrain a method and evaluate it (Hydra app; `ssl-zoo train --help`)
   data shard SRC DST  write an image folder as tar shards for data=shards (`ssl-zoo data -h`)
+  eval KIND ckpt=PATH kNN / linear probe / few-shot of a checkpoint (`ssl-zoo eval --help`)
+  viz ckpt=PATH images=DIR out=DIR  attention and PCA pictures (`ssl-zoo viz --help`)
 
 examples:
   ssl-zoo train                                   # DINO on the embedded shapes data, CPU
@@ -103,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "data":
         return _data(rest)
+    if command == "eval":
+        from ssl_zoo import cli_eval
+
+        return cli_eval.main(rest)
+    if command == "viz":
+        from ssl_zoo import cli_viz
+
+        return cli_viz.main(rest)
     print(f"ssl-zoo: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -173,7 +173,7 @@ def draw_rows(path: Path, images: np.ndarray, attention: torch.Tensor | None, pc
             ax = axes[r, c]
             ax.imshow(panel, interpolation="nearest", cmap="inferno" if panel.ndim == 2 else None)
             ax.set_axis_off()
-            if r == 0 or c == 0:
+            if r == 0 or (c == 0 and titles):
                 ax.set_title(title, fontsize=7)
     fig.tight_layout(pad=0.2)
     path.parent.mkdir(parents=True, exist_ok=True)
