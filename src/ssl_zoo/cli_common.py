@@ -1,6 +1,10 @@
 """What the key=value tools (`ssl-zoo eval`, `ssl-zoo viz`) share: compose a small Hydra
-config from ``conf/<name>.yaml`` with the user's overrides, print its keys as help, and
-turn bad input into one line on stderr."""
+config from ``conf_tools/<name>.yaml`` with the user's overrides, print its keys as help,
+and turn bad input into one line on stderr.
+
+The tool configs live apart from the train config directory: there, a key such as
+``logger`` or ``data`` would be taken for the train config group of that name.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ssl_zoo.config import CONFIG_DIR
+TOOLS_CONFIG_DIR = str(Path(__file__).resolve().parent / "conf_tools")
 
 
 class UsageError(ValueError):
@@ -18,7 +22,7 @@ class UsageError(ValueError):
 
 
 def compose_tool(name: str, overrides: list[str]) -> DictConfig:
-    """conf/<name>.yaml with Hydra-style key=value overrides applied."""
+    """conf_tools/<name>.yaml with Hydra-style key=value overrides applied."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -29,7 +33,7 @@ def compose_tool(name: str, overrides: list[str]) -> DictConfig:
             raise UsageError(f"'{arg}' is not key=value (e.g. ckpt=outputs/<run>/checkpoints/last.ckpt); keys: --help")
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=TOOLS_CONFIG_DIR, version_base="1.3"):
             return compose(name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         first = str(err).strip().splitlines()[0]
@@ -40,7 +44,7 @@ def compose_tool(name: str, overrides: list[str]) -> DictConfig:
 
 def keys_help(name: str) -> str:
     """The tool's config file, comments included: every key, its default and meaning."""
-    return (Path(CONFIG_DIR) / f"{name}.yaml").read_text()
+    return (Path(TOOLS_CONFIG_DIR) / f"{name}.yaml").read_text()
 
 
 def fail(prog: str, err: BaseException) -> int:

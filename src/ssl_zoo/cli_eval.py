@@ -26,7 +26,7 @@ examples:
   {PROG} linear ckpt=last.ckpt data.train_root=/data/cifar10/train data.val_root=/data/cifar10/val
   {PROG} fewshot ckpt=last.ckpt fewshot.shots=[1,5] fewshot.seeds=3 which=student logger=wandb
 
-keys (conf/eval.yaml; override any with key=value):
+keys (conf_tools/eval.yaml; override any with key=value):
 """
 
 

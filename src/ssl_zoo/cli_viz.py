@@ -20,7 +20,7 @@ examples:
   {PROG} ckpt=outputs/<run>/checkpoints/last.ckpt images=/data/photos out=pictures
   {PROG} ckpt=last.ckpt images=samples out=pictures size=64 which=student
 
-keys (conf/viz.yaml; override any with key=value):
+keys (conf_tools/viz.yaml; override any with key=value):
 """
 
 
