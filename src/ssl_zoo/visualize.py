@@ -33,18 +33,21 @@ def _patch_grid(backbone, images: torch.Tensor) -> tuple[int, int]:
     return height // patch, width // patch
 
 
-@torch.no_grad()
-def last_block_attention(backbone, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """((B, heads, T, T) softmax attention weights of the last block, all T tokens
-    including the class and register tokens; the backbone's usual output)."""
-    model = backbone.model
-    blocks = getattr(model, "blocks", None)
+def _require_attention(backbone) -> None:
+    blocks = getattr(backbone.model, "blocks", None)
     if not backbone.has_patch_tokens or blocks is None or len(blocks) == 0:
         raise VizError(
             f"backbone {backbone.model_name} has no attention (a CNN): attention maps need a ViT "
             "backbone; the PCA map works for both"
         )
-    attn = getattr(blocks[-1], "attn", None)
+
+
+@torch.no_grad()
+def last_block_attention(backbone, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """((B, heads, T, T) softmax attention weights of the last block, all T tokens
+    including the class and register tokens; the backbone's usual output)."""
+    _require_attention(backbone)
+    attn = getattr(backbone.model.blocks[-1], "attn", None)
     if attn is None or not all(hasattr(attn, a) for a in ("qkv", "num_heads", "head_dim", "scale")):
         raise VizError(
             f"backbone {backbone.model_name}: the last block's attention ({type(attn).__name__}) is not "
@@ -75,6 +78,7 @@ def last_block_attention(backbone, images: torch.Tensor) -> tuple[torch.Tensor, 
 def cls_attention_maps(backbone, images: torch.Tensor) -> torch.Tensor:
     """(B, heads, h, w): last-block attention of the class token to each patch (the
     prefix tokens, class and registers, are left out, so a map sums to 1 minus their share)."""
+    _require_attention(backbone)
     if getattr(backbone.model, "cls_token", None) is None:
         raise VizError(f"backbone {backbone.model_name} has no class token: there is no CLS attention to show")
     grid = _patch_grid(backbone, images)
