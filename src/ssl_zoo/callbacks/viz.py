@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 
 from ssl_zoo.visualize import denormalize, draw_rows, pictures
 
@@ -60,8 +60,9 @@ class Visualizer(L.Callback):
             self._images = torch.stack([queries[i][0] for i in range(count)])
         return self._images
 
-    @rank_zero_only
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Every process runs the forward (a sharded backbone needs all of them); the
+        global-zero process writes and logs the picture."""
         step = trainer.global_step
         if step == self._last_step:
             return None
@@ -75,6 +76,8 @@ class Visualizer(L.Callback):
         attention = self.attention and backbone.has_patch_tokens
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             result = pictures(backbone, images.to(pl_module.device), attention, self.pca_threshold)
+        if not trainer.is_global_zero:
+            return None
         datamodule = trainer.datamodule
         path = Path(trainer.default_root_dir) / self.dirname / f"step_{step:06d}.png"
         draw_rows(path, denormalize(images, datamodule.mean, datamodule.std), result["attention"], result["pca"])
