@@ -15,8 +15,10 @@ USAGE = """usage: ssl-zoo <command> [args]
 commands:
   train [overrides]   pretrain a method and evaluate it (Hydra app; `ssl-zoo train --help`)
   data shard SRC DST  write an image folder as tar shards for data=shards (`ssl-zoo data -h`)
-  eval KIND ckpt=PATH kNN / linear probe / few-shot of a checkpoint (`ssl-zoo eval --help`)
-  viz ckpt=PATH images=DIR out=DIR  attention and PCA pictures (`ssl-zoo viz --help`)
+  eval knn|linear|fewshot ckpt=PATH [key=value ...]
+                      evaluate a checkpoint's frozen backbone (`ssl-zoo eval --help`)
+  viz ckpt=PATH images=DIR out=DIR [key=value ...]
+                      attention and PCA pictures of its backbone (`ssl-zoo viz --help`)
 
 examples:
   ssl-zoo train                                   # DINO on the embedded shapes data, CPU
