@@ -18,10 +18,15 @@ USAGE = """usage: ssl-zoo [--debug] <command> [args]
 commands:
   train [overrides]   pretrain a method and evaluate it (Hydra app; `ssl-zoo train --help`)
   data shard SRC DST  write an image folder as tar shards for data=shards (`ssl-zoo data -h`)
-  export ckpt=... out=...  backbone as safetensors for plain timm (`ssl-zoo export --help`)
+  eval knn|linear|fewshot ckpt=PATH [key=value ...]
+                      evaluate a checkpoint's frozen backbone (`ssl-zoo eval --help`)
+  viz ckpt=PATH images=DIR out=DIR [key=value ...]
+                      attention and PCA pictures of its backbone (`ssl-zoo viz --help`)
+  export ckpt=PATH out=FILE [which=teacher|student] [head=true]
+                      the backbone as safetensors for plain timm (`ssl-zoo export --help`)
 
 examples:
-  ssl-zoo train                                   # DINO on the embedded shapes data, CPU
+  ssl-zoo train                                   # DINO on the embedded texels data, CPU
   ssl-zoo train method=dinov2 backbone=vit_tiny trainer.max_steps=200
   ssl-zoo train -m method=byol,dino,dinov2        # one run per method (Hydra multirun)
   ssl-zoo train --cfg job                         # print the composed config
@@ -111,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "data":
         return _data(rest)
+    if command == "eval":
+        from ssl_zoo import cli_eval
+
+        return cli_eval.main(rest)
+    if command == "viz":
+        from ssl_zoo import cli_viz
+
+        return cli_viz.main(rest)
     if command == "export":
         from ssl_zoo.cli_export import main as export_main
 

@@ -1,0 +1,96 @@
+"""Attention and PCA pictures of a fixed set of images during training (ssl_zoo.visualize).
+
+The images are the first ``num_images`` of the kNN query split (eval transform), the same
+every time, so pictures of successive steps compare. Each time one PNG (a row per image:
+the image, each head's CLS attention for ViTs, the PCA map) goes to
+``<run dir>/viz/step_<step>.png`` and, with a WandbLogger, to W&B under ``viz``.
+At 4 images it costs about a second, so the default runs it at the end only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from ssl_zoo.visualize import denormalize, draw_rows, pictures
+
+
+class Visualizer(L.Callback):
+    """Args:
+    every_n_steps: draw every N optimizer steps; 0: at the end of training only.
+    num_images: the first N images of the kNN query split.
+    attention: per-head attention maps (ViTs; CNNs always get the PCA map only).
+    pca_threshold: foreground = first PCA component above this (std units).
+    dirname: subdirectory of the run directory.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 0,
+        num_images: int = 4,
+        attention: bool = True,
+        pca_threshold: float = 0.0,
+        dirname: str = "viz",
+    ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"callbacks.viz.every_n_steps must be >= 0 (0: at the end only), got {every_n_steps}")
+        if num_images < 1:
+            raise ValueError(f"callbacks.viz.num_images must be >= 1, got {num_images}")
+        self.every_n_steps = every_n_steps
+        self.num_images = num_images
+        self.attention = attention
+        self.pca_threshold = pca_threshold
+        self.dirname = dirname
+        self.paths: list[Path] = []
+        self._images: torch.Tensor | None = None
+        self._last_step = -1
+
+    def _fixed_images(self, trainer: L.Trainer) -> torch.Tensor | None:
+        if self._images is None:
+            datamodule = trainer.datamodule
+            if not getattr(datamodule, "has_knn", False):
+                return None
+            datamodule.setup()
+            queries = datamodule.knn_val
+            count = min(self.num_images, len(queries))
+            self._images = torch.stack([queries[i][0] for i in range(count)])
+        return self._images
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Every process runs the forward (a sharded backbone needs all of them); the
+        global-zero process writes and logs the picture."""
+        step = trainer.global_step
+        if step == self._last_step:
+            return None
+        images = self._fixed_images(trainer)
+        if images is None:
+            rank_zero_info("viz: skipped, the data has no labeled kNN query split to take images from")
+            self._last_step = step
+            return None
+        self._last_step = step
+        backbone = pl_module.eval_backbone
+        attention = self.attention and backbone.has_patch_tokens
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            result = pictures(backbone, images.to(pl_module.device), attention, self.pca_threshold)
+        if not trainer.is_global_zero:
+            return None
+        datamodule = trainer.datamodule
+        path = Path(trainer.default_root_dir) / self.dirname / f"step_{step:06d}.png"
+        draw_rows(path, denormalize(images, datamodule.mean, datamodule.std), result["attention"], result["pca"])
+        self.paths.append(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="viz", images=[str(path)], step=step)
+        return path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.draw(trainer, pl_module)
