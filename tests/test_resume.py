@@ -152,8 +152,10 @@ def test_sampler_is_a_function_of_seed_and_epoch_sharded_and_resumable():
     assert sorted(i for i, _ in full) == list(range(10))
     assert list(EpochSampler(10, seed=3, epoch=2, start=4)) == full[4:]
     shards = [list(EpochSampler(10, seed=3, rank=r, world_size=3, epoch=2)) for r in range(3)]
-    assert all(len(s) == 3 for s in shards)
-    assert sorted(full[:9]) == sorted(x for s in shards for x in s)
+    assert all(len(s) == 4 for s in shards)  # padded like DistributedSampler: 12 = 10 + the first 2 again
+    indices = [i for s in shards for i, _ in s]
+    assert sorted(indices) == sorted([*range(10), full[0][0], full[1][0]])
+    assert len({seed for s in shards for _, seed in s}) == 12  # the repeats get their own augmentations
     resumed = EpochSampler(10, seed=3, epoch=2, start=4)
     list(resumed)
     assert list(resumed) == full  # the offset applies to the first iteration only

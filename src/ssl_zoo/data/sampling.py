@@ -34,9 +34,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields (dataset index, sample seed) for this rank, ``len(dataset) // world_size``
-    per epoch (the tail of the permutation that does not fill every rank is dropped, so all
-    ranks take the same number of steps).
+    """Yields (dataset index, sample seed) for this rank, ceil(len(dataset) / world_size)
+    per epoch: like torch's DistributedSampler, the permutation is padded with its own
+    beginning until every rank has as many (the padded repeats get seeds of their own).
 
     Args:
         num_samples: the dataset's length.
@@ -53,9 +53,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.per_rank = self.num_samples // self.world_size
-        if self.per_rank == 0:
-            raise ValueError(f"{num_samples} samples cannot be shared by {world_size} processes")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.per_rank = -(-self.num_samples // self.world_size)
         self.epoch = int(epoch)
         self.start = int(start)
 
@@ -70,9 +70,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, seeds) of this rank for ``epoch``, from the first sample on."""
         generator = epoch_generator(self.seed, epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
-        seeds = torch.randint(_SEED_BOUND, (self.num_samples,), generator=generator, dtype=torch.int64)
-        positions = torch.arange(self.rank, self.per_rank * self.world_size, self.world_size)
+        total = self.per_rank * self.world_size
+        order = torch.randperm(self.num_samples, generator=generator).repeat(-(-total // self.num_samples))
+        seeds = torch.randint(_SEED_BOUND, (total,), generator=generator, dtype=torch.int64)
+        positions = torch.arange(self.rank, total, self.world_size)
         return order[positions], seeds[positions]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
