@@ -151,6 +151,9 @@ def _silence_expected_warnings() -> None:
     # The EMA teacher is frozen in eval mode on purpose (Lightning warns about any module
     # in eval mode when fit starts).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Map-style data resumes mid-epoch exactly (EpochSampler + callbacks/resume.py); for
+    # streamed data the resume callback says itself that it does not.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # Lightning's own use of a torch pytree API that torch deprecated.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Lightning's advertisements ("Tip: ... try installing litlogger / litmodels").
