@@ -150,3 +150,22 @@ def load_backbone(path: str | Path, which: str = "teacher"):
             f"of its own config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return backbone.eval(), cfg
+
+
+def newest_checkpoint(directory: str | Path) -> tuple[Path | None, list[str]]:
+    """(the complete checkpoint in ``directory`` with the highest global step, or None;
+    why other files were passed over). Ties go to last.ckpt, then to the newer file.
+    Saves are atomic (ssl_zoo.checkpoint_io), so a file that loads is complete; one that
+    does not (copied in part, from another tool) is skipped, not fatal."""
+    directory = Path(directory)
+    best, best_key, skipped = None, None, []
+    for path in sorted(directory.glob("*.ckpt")) if directory.is_dir() else []:
+        try:
+            step = int(_torch_load(path).get("global_step", -1))
+        except Exception as err:  # noqa: BLE001 - any unreadable file is passed over
+            skipped.append(f"{path.name} ({type(err).__name__})")
+            continue
+        key = (step, path.name == "last.ckpt", path.stat().st_mtime)
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best, skipped

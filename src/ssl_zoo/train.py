@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -27,8 +28,9 @@ from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.health import HealthMonitor
 from ssl_zoo.callbacks.knn import KNNEvaluator
 from ssl_zoo.callbacks.probe import OnlineLinearProbe
+from ssl_zoo.callbacks.resume import ResumeState, say
 from ssl_zoo.callbacks.throughput import Throughput
-from ssl_zoo.checkpoints import check_resumable
+from ssl_zoo.checkpoints import check_resumable, newest_checkpoint
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
@@ -106,6 +108,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
         train_transform=build(transform_cfg, "augmentation.transform"),
         eval_transform=build(cfg.augmentation.eval_transform, "augmentation.eval_transform"),
         collate=_build_collate(cfg, backbone, method),
+        seed=cfg.seed,
     )
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node is not None]
     logger = build(cfg.logger, "logger") if cfg.get("logger") is not None else False
@@ -197,6 +200,9 @@ def _silence_expected_warnings() -> None:
     # The EMA teacher is frozen in eval mode on purpose (Lightning warns about any module
     # in eval mode when fit starts).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Map-style data resumes mid-epoch exactly (EpochSampler + callbacks/resume.py); for
+    # streamed data the resume callback says itself that it does not.
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # Lightning's own use of a torch pytree API that torch deprecated.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Lightning's advertisements ("Tip: ... try installing litlogger / litmodels").
@@ -223,12 +229,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
     check_run_length(datamodule, trainer)
-    if cfg.get("ckpt_path"):
-        check_resumable(cfg.ckpt_path, parts["method"], cfg.backbone.model_name)
+    ckpt_path = resume_checkpoint(cfg, trainer)
+    if ckpt_path:
+        check_resumable(ckpt_path, parts["method"], cfg.backbone.model_name)
+    resume_state = _find(parts["callbacks"], ResumeState)
+    if resume_state is not None:
+        resume_state.resume_command = resume_command(run_dir)
     parts["method"].run_config = run_config_container(cfg)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(parts["method"].run_config)
-    trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=ckpt_path)
 
     knn = _find(parts["callbacks"], KNNEvaluator)
     throughput = _find(parts["callbacks"], Throughput)
@@ -264,11 +274,49 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "bad_images": bad_images["count"],
         "bad_image_examples": bad_images["examples"],
         "run_dir": str(run_dir.resolve()),
+        "preempted_at_step": resume_state.preempted_at if resume_state else None,
     }
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _print_summary(summary, cfg)
     return summary
+
+
+def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:
+    """The checkpoint this run continues from: ``ckpt_path``, or with ``resume=auto`` the
+    newest complete one in the run's checkpoint directory (None: start fresh)."""
+    resume = cfg.get("resume")
+    if resume in (None, False):
+        return cfg.get("ckpt_path")
+    if resume != "auto":
+        raise ConfigError(f"resume={resume!r}: use resume=auto (or null), or ckpt_path=<file> for a given checkpoint")
+    if cfg.get("ckpt_path"):
+        raise ConfigError("resume=auto and ckpt_path are both set: keep one (ckpt_path names the checkpoint itself)")
+    checkpoint = trainer.checkpoint_callback
+    directory = Path(checkpoint.dirpath) if checkpoint is not None and checkpoint.dirpath else None
+    if directory is None:
+        raise ConfigError("resume=auto needs callbacks.checkpoint (it looks for checkpoints in its dirpath)")
+    path, skipped = newest_checkpoint(directory)
+    for entry in skipped:
+        say("resume=auto: skipped unreadable checkpoint %s in %s", entry, directory)
+    if path is None:
+        say("resume=auto: no checkpoint in %s, starting fresh", directory)
+        return None
+    say("resume=auto: continuing from %s", path)
+    return str(path)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run: its overrides, its run directory, resume=auto."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra job (train() called directly)
+        overrides = ["<same overrides>"]
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path", "hydra.run.dir")]
+    args = ["ssl-zoo", "train", *keep, f"hydra.run.dir={run_dir.resolve()}", "resume=auto"]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:

@@ -10,10 +10,10 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch.utils.data import RandomSampler
 
 from ssl_zoo.data.datamodule import SSLDataModule, check_batch_sizes
 from ssl_zoo.data.images import DataError
+from ssl_zoo.data.sampling import EpochSampler
 from ssl_zoo.data.shards import ShardDataset, write_shards
 from ssl_zoo.data.torchvision_sets import CIFAR10, STL10
 from ssl_zoo.data.transforms import EvalTransform, MultiCropTransform
@@ -34,7 +34,7 @@ def test_imagefolder_config_with_and_without_knn(compose_cfg, tmp_path):
     dm = _datamodule(compose_cfg(["data=imagefolder", f"data.root={tmp_path / 'train'}", *SMALL]))
     dm.setup("fit")
     assert not dm.has_knn and len(dm.train_set) == 24
-    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    assert isinstance(dm.train_dataloader().sampler, EpochSampler)
 
     cfg = compose_cfg(
         ["data=imagefolder", f"data.root={tmp_path / 'train'}", f"data.knn_train_root={tmp_path / 'train'}",
@@ -89,7 +89,7 @@ def test_shards_config_streams_without_sampler_and_knows_its_length(compose_cfg,
     dm.setup("fit")
     assert isinstance(dm.train_set, ShardDataset) and dm.train_set.seed == cfg.seed
     loader = dm.train_dataloader()
-    assert not isinstance(loader.sampler, RandomSampler) and len(loader) == 6
+    assert not isinstance(loader.sampler, EpochSampler) and len(loader) == 6
     batches = list(loader)
     assert len(batches) == 6 and all(len(b[1]) == 4 for b in batches)
     assert not dm.has_knn

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_zoo import distributed
+from ssl_zoo.callbacks.resume import was_preempted
 from ssl_zoo.eval.knn import knn_class_scores
 
 
@@ -153,10 +154,12 @@ class KNNEvaluator(L.Callback):
         step = trainer.global_step
         due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
         # Under gradient accumulation several batches end at the same optimizer step.
-        if due and self._enabled(trainer) and self.history[-1][0] != step:
+        if due and self._enabled(trainer) and (not self.history or self.history[-1][0] != step):  # resumed: empty
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if was_preempted(trainer):
+            return  # the job is about to be killed: no time for an evaluation
         if self._enabled(trainer) and (not self.history or self.history[-1][0] != trainer.global_step):
             self.evaluate(trainer, pl_module)
 

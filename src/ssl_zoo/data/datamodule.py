@@ -5,7 +5,9 @@ method's augmentation and collate (crops, iBOT masks) are injected by ``ssl_zoo.
 so a data config never knows which method uses it. The kNN evaluation reads two labeled
 splits with the deterministic eval transform: a memory bank and queries.
 
-Map-style datasets are shuffled by the DataLoader; iterable ones (tar shards) shuffle
+Map-style datasets are read in the order of an ``EpochSampler`` (``ssl_zoo.data.sampling``):
+a pure function of (seed, epoch) sharded by rank, with per-sample augmentation seeds, so a
+resumed run continues mid-epoch exactly (``resume_at``). Iterable ones (tar shards) shuffle
 themselves and are told the batch size, worker count and rank (``configure``) so every
 rank yields the same number of full batches. ``data.batch_size`` is per device;
 ``data.global_batch_size``, when set, is checked against it (:func:`check_batch_sizes`).
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ssl_zoo import distributed
 from ssl_zoo.data.images import DataError, bad_image_report
+from ssl_zoo.data.sampling import EpochSampler, SeededBatches, already_collated
 
 DatasetFactory = Callable[..., Dataset]
 
@@ -39,6 +42,8 @@ class SSLDataModule(L.LightningDataModule):
     train_transform, eval_transform, collate: set by ``ssl_zoo.train`` from the method's
         augmentation config.
     knn_batch_size: images per feature-extraction batch.
+    seed: the order of the samples and their augmentations derive from it (set by
+        ``ssl_zoo.train`` from the run's ``seed``).
     image_size, local_image_size, mean, std, eval_crop_fraction: the geometry and
         colour statistics of this dataset, read by the augmentation configs
         (``${data.image_size}``); global/local crop sizes default to these.
@@ -62,6 +67,7 @@ class SSLDataModule(L.LightningDataModule):
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         eval_crop_fraction: float = 0.875,
         global_batch_size: int | None = None,
+        seed: int = 0,
         **dataset_keys: Any,
     ) -> None:
         super().__init__()
@@ -97,6 +103,12 @@ class SSLDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.knn_train: Dataset | None = None
         self.knn_val: Dataset | None = None
+        self.seed = int(seed)
+        self.resume_epoch, self.resume_samples = 0, 0
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Make the next train loader start at ``epoch`` after this rank's first ``samples``."""
+        self.resume_epoch, self.resume_samples = int(epoch), int(samples)
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
@@ -127,11 +139,9 @@ class SSLDataModule(L.LightningDataModule):
         return self.knn_train_factory is not None
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, **kwargs: Any) -> DataLoader:
-        iterable = isinstance(dataset, IterableDataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train and not iterable,  # shards shuffle themselves
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -140,12 +150,26 @@ class SSLDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if isinstance(self.train_set, IterableDataset) and hasattr(self.train_set, "configure"):
-            trainer = self.trainer
-            rank = trainer.global_rank if trainer is not None else distributed.rank()
-            world = trainer.world_size if trainer is not None else distributed.world_size()
-            self.train_set.configure(self.batch_size, self.num_workers, rank=rank, world_size=world)
-        return self._loader(self.train_set, self.batch_size, train=True, collate_fn=self.collate)
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else distributed.rank()
+        world = trainer.world_size if trainer is not None else distributed.world_size()
+        if isinstance(self.train_set, IterableDataset):
+            if hasattr(self.train_set, "configure"):
+                self.train_set.configure(self.batch_size, self.num_workers, rank=rank, world_size=world)
+            return self._loader(self.train_set, self.batch_size, train=True, collate_fn=self.collate)
+        sampler = EpochSampler(len(self.train_set), self.seed, rank=rank, world_size=world,
+                               epoch=self.resume_epoch, start=self.resume_samples)
+        self.resume_samples = 0  # a reloaded loader starts its epoch from the beginning
+        return self._loader(
+            SeededBatches(self.train_set, self.collate),
+            self.batch_size,
+            train=True,
+            sampler=sampler,
+            collate_fn=already_collated,
+            # The workers' base seed comes from this generator, not from the global one:
+            # creating an iterator then leaves the model's randomness alone.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def bad_image_report(self) -> dict:
         """{"count": distinct bad files skipped, "examples": [paths], "reasons": {path: why}}

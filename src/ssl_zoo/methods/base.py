@@ -144,7 +144,6 @@ class SSLMethod(L.LightningModule):
         self.total_steps = 1
         self.steps_per_epoch = 1
         self.peak_lr = base_lr
-        self._last_teacher_step = 0
         # The non-finite guard's contract (callbacks/nonfinite.py): the step's loss, and a
         # flag that turns the next EMA update into a no-op when the step was skipped.
         self.last_loss: torch.Tensor | None = None
@@ -216,7 +215,6 @@ class SSLMethod(L.LightningModule):
             trainer.num_training_batches, accumulate, max_epochs=trainer.max_epochs, max_steps=trainer.max_steps
         )
         self.plan_schedules(run, global_batch_size=per_device * trainer.world_size * accumulate)
-        self._last_teacher_step = trainer.global_step
 
     # --- Lightning hooks --------------------------------------------------------------------
 
@@ -280,16 +278,19 @@ class SSLMethod(L.LightningModule):
                     and any(p.requires_grad for p in m.parameters())]
         return modules
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step counts real optimizer steps: under gradient accumulation it only
-        # moves every N batches, and that is when the teacher may follow.
-        step = self.trainer.global_step
-        if step > self._last_teacher_step:
-            self._last_teacher_step = step
-            if self.skip_teacher_update:
-                self.skip_teacher_update = False  # the student did not move: neither does the teacher
-            else:
-                self.update_teacher(step - 1)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Lightning calls this only for real optimizer steps (gradient accumulation: every
+        # N batches), and that is when the teacher may follow. Here, not in
+        # on_train_batch_end: that hook runs after the callbacks', so a checkpoint saved
+        # by ModelCheckpoint at step k held the student of step k with the teacher of k-1,
+        # and a resume from it lost one EMA update.
+        if self.skip_teacher_update:
+            self.skip_teacher_update = False  # the student did not move: neither does the teacher
+        else:
+            # global_step still counts the steps before this one (Lightning increments it
+            # after this hook returns): it is this step's index.
+            self.update_teacher(self.trainer.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:

@@ -1,0 +1,192 @@
+"""What a checkpoint needs beyond Lightning's own state for an exact resume, and preemption.
+
+Lightning saves the model (student, teacher, centres), the optimizer, the AMP scaler and
+the loop counters (global step). This callback adds, under ``ssl_zoo_resume``:
+
+- the random generators of the main process (torch, CUDA, numpy, python), restored when
+  training starts again, so that drop path and anything else drawn in the model continues;
+- the data position (epoch, samples this rank consumed in it), handed to the datamodule
+  before Lightning builds its loader (``SSLDataModule.resume_at``), so that a mid-epoch
+  resume neither repeats nor skips a sample (``ssl_zoo.data.sampling``).
+
+Preemption: on SIGTERM or SIGUSR1 (SLURM sends one before killing a job) the run saves
+``last.ckpt`` at the next step boundary, stops cleanly (exit code 0) and prints the
+command that resumes it. These handlers replace Lightning's for the duration of training:
+Lightning's SIGTERM handler raises at the next batch without saving, and its SLURM SIGUSR1
+handler saves from inside the signal handler, in the middle of a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import IterableDataset
+
+from ssl_zoo import distributed
+
+log = logging.getLogger("ssl_zoo")
+
+STATE_KEY = "ssl_zoo_resume"
+
+
+def say(message: str, *args: Any) -> None:
+    """A resume decision, in the run's log and on the console (once, from rank 0): Hydra
+    sends ssl_zoo's log records to train.log only."""
+    log.warning(message, *args)
+    if rank_zero_only.rank == 0:
+        print(message % args if args else message, file=sys.stderr, flush=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The main process's generators, as tensors and plain Python (``weights_only`` loads them)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def data_position(trainer: L.Trainer) -> dict[str, int]:
+    """(epoch, samples this rank consumed in it) at a step boundary."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    epoch = trainer.current_epoch
+    if batches >= trainer.num_training_batches:  # saved on the epoch's last batch: the next one
+        epoch, batches = epoch + 1, 0
+    batch_size = int(getattr(trainer.datamodule, "batch_size", 0) or 0)
+    return {"epoch": epoch, "samples": batches * batch_size, "batch_size": batch_size,
+            "world_size": trainer.world_size}
+
+
+class ResumeState(L.Callback):
+    """Args:
+    preempt_signals: signal names that save a checkpoint and stop (empty: none).
+    """
+
+    def __init__(self, preempt_signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1")) -> None:
+        try:
+            self.signals = [signal.Signals[name] for name in preempt_signals]
+        except KeyError as err:
+            raise ValueError(f"callbacks.resume.preempt_signals: unknown signal {err.args[0]}") from None
+        self.resume_command: str | None = None  # set by ssl_zoo.train: printed when preempted
+        self.preempted_at: int | None = None  # the step saved on preemption
+        self._received: int | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    # --- checkpoint contents ------------------------------------------------------------
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[STATE_KEY] = {"rng": rng_state(), "data": data_position(trainer)}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(STATE_KEY)
+        datamodule = trainer.datamodule
+        if state is None:
+            say("resume: the checkpoint holds no RNG or data position (written before exact resume); "
+                        "the data restarts at the beginning of its epoch")
+            return
+        self._rng_to_restore = state["rng"]
+        position = state["data"]
+        train_set = getattr(datamodule, "train_set", None)
+        if isinstance(train_set, IterableDataset):
+            say("resume: streamed data (data=shards) restarts its epoch from the beginning; the resume "
+                        "is not exact (samples of the interrupted epoch are seen again)")
+            return
+        if (position["batch_size"], position["world_size"]) != (getattr(datamodule, "batch_size", None),
+                                                                  trainer.world_size):
+            say(
+                "resume: the checkpoint was written with data.batch_size=%s on %s process(es), this run has %s on %s: "
+                "the data order of the resumed epoch differs from the interrupted run's",
+                position["batch_size"], position["world_size"], getattr(datamodule, "batch_size", None),
+                trainer.world_size,
+            )
+        if hasattr(datamodule, "resume_at"):
+            datamodule.resume_at(position["epoch"], position["samples"])
+            say("resume: data continues at epoch %d after %d samples of this process",
+                     position["epoch"], position["samples"])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not at load time: anything that draws between loading and the first step
+        # (building the model, the loaders) then does not shift the restored streams.
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        self._install_handlers()
+
+    # --- preemption ---------------------------------------------------------------------
+
+    def _install_handlers(self) -> None:
+        try:
+            for signum in self.signals:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        except ValueError:  # not the main thread: no handlers, the default actions stay
+            self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag: saving inside a signal handler would write a half-done step.
+        self._received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # mid gradient accumulation: not a step boundary
+        received = torch.tensor(0 if self._received is None else int(self._received))
+        if distributed.is_distributed():
+            # Every rank stops at the same step, even if the signal reached only one.
+            received = distributed.all_reduce_sum(received.to(pl_module.device)).cpu()
+        if int(received) == 0:
+            return
+        step = trainer.global_step
+        path = self._last_path(trainer)
+        trainer.save_checkpoint(path)
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.last_model_path = str(path)
+        trainer.should_stop = True
+        self.preempted_at = step
+        if trainer.is_global_zero:
+            name = signal.Signals(self._received).name if self._received else "a signal on another process"
+            message = f"preempted ({name}) at step {step}: saved {path}"
+            if self.resume_command:
+                message += f"\nResume with:\n  {self.resume_command}"
+            say(message)
+
+    @staticmethod
+    def _last_path(trainer: L.Trainer) -> Path:
+        checkpoint = trainer.checkpoint_callback
+        directory = getattr(checkpoint, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
+        name = getattr(checkpoint, "CHECKPOINT_NAME_LAST", "last") + getattr(checkpoint, "FILE_EXTENSION", ".ckpt")
+        return Path(directory) / name
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, previous in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:  # Lightning may have restored its own already
+                signal.signal(signum, previous)
+        self._previous_handlers.clear()
+
+
+def was_preempted(trainer: L.Trainer) -> bool:
+    return any(isinstance(cb, ResumeState) and cb.preempted_at is not None for cb in trainer.callbacks)
