@@ -62,7 +62,7 @@ STUDY_RESULTS = ROOT / "docs" / "default_data.json"  # every run so far, so suit
 CIFAR_SUITES = {  # suite -> (preset prefix, results file, budget in words)
     "cifar10": ("cifar10", ROOT / "docs" / "cifar10_quality.json", "3 epochs = 60,000 images of 128 per step"),
     "cifar10-long": ("cifar10_long", ROOT / "docs" / "cifar10_long_quality.json",
-                     "each preset's epochs (~30 minutes on 2 cores), batches of 128"),
+                     "each preset's epochs (sized for ~30 minutes on a quiet 2-core machine), batches of 128"),
 }
 KEEP = ("knn_top1_start", "knn_top1_end", "knn_top1_raw_pixels", "knn_history", "steps", "wall", "backbone")
 
