@@ -62,13 +62,14 @@ def test_a_flat_teacher_is_named_uniform_collapse_once(compose_cfg, tmp_path, ca
 @pytest.mark.slow
 def test_sharp_collapse_stops_the_run_when_asked(compose_cfg, tmp_path, caplog):
     # No centering (the center never moves from 0), a very sharp teacher that follows the
-    # student closely and a high lr: every image goes to one prototype within ~5 steps.
-    cfg = compose_cfg([*QUIET, "trainer.max_steps=10", "method.center_momentum=1.0", "method.teacher_temp=0.01",
+    # student closely and a high lr: every image goes to one prototype within a few steps
+    # (5 with one data order, ~10 with another: the limit leaves room for any seed).
+    cfg = compose_cfg([*QUIET, "trainer.max_steps=40", "method.center_momentum=1.0", "method.teacher_temp=0.01",
                        "method.warmup_teacher_temp=0.01", "method.momentum_teacher=0.5", "method.base_lr=0.1",
                        "callbacks.health.stop_on_collapse=true"])
     with caplog.at_level(logging.WARNING, logger="ssl_zoo.health"):
         summary = train(cfg, tmp_path)
-    assert summary["steps"] < 10
+    assert summary["steps"] < 40
     assert summary["stop_reason"].startswith(f"stopped at step {summary['steps']} ")
     assert "sharp collapse" in summary["stop_reason"] and "centering off or too weak" in summary["stop_reason"]
     assert any("stopping the run" in w for w in _health_warnings(caplog))
