@@ -45,6 +45,7 @@ class HealthMonitor(L.Callback):
         sharp_kl: float = 0.9,
         min_std_ratio: float = 0.02,
         min_rankme: float = 1.2,
+        patience: int = 3,
     ) -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(
@@ -59,6 +60,12 @@ class HealthMonitor(L.Callback):
                 f"callbacks.health.min_std_ratio must be >= 0 and callbacks.health.min_rankme >= 1, "
                 f"got {min_std_ratio} and {min_rankme}"
             )
+        if not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"callbacks.health.patience must be an int >= 1, got {patience!r}")
+        # A symptom counts after `patience` checks in a row: a fresh DINO teacher is nearly
+        # flat for its first few dozen steps, which is not a collapse.
+        self.patience = patience
+        self._streak: dict[str, int] = {}
         self.every_n_steps = every_n_steps
         self.stop_on_collapse = stop_on_collapse
         self.thresholds = {"uniform_entropy": uniform_entropy, "sharp_kl": sharp_kl,
@@ -81,7 +88,9 @@ class HealthMonitor(L.Callback):
         self.last = values
         for logger in trainer.loggers:
             logger.log_metrics({f"health/{name}": value for name, value in values.items()}, step=step)
-        found = diagnose(values, dims, step, **self.thresholds)
+        seen = diagnose(values, dims, step, **self.thresholds)
+        self._streak = {name: self._streak.get(name, 0) + 1 for name in seen}
+        found = {name: message for name, message in seen.items() if self._streak[name] >= self.patience}
         for name, message in found.items():
             if name not in self.symptoms:  # once per symptom: a collapse rarely heals itself
                 self.symptoms[name] = {"step": step, "message": message}
