@@ -77,6 +77,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             )
         atomic_torch_save(checkpoint, path)
 
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """A file as Lightning loads it, or an FSDP2 checkpoint directory consolidated in this
+        process (so a sharded run resumes on one process or under DDP)."""
+        from ssl_zoo.checkpoints import is_sharded_checkpoint, load_checkpoint
+
+        if is_sharded_checkpoint(path):
+            return load_checkpoint(path, optimizer=True)
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=weights_only)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
 
 def _remove_quietly(path: str) -> None:
     try:

@@ -26,9 +26,16 @@ class CheckpointError(UserError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict at ``path``, loaded with ``weights_only=True`` on the CPU."""
+def load_checkpoint(path: str | Path, optimizer: bool = False) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, loaded with ``weights_only=True`` on the CPU.
+
+    A file (one process, DDP) or an FSDP2 directory (torch.distributed.checkpoint shards,
+    see :func:`load_sharded_checkpoint`), which comes back consolidated: whole tensors,
+    the same keys as a file. ``optimizer``: also the optimizer states of a directory (a
+    file has them anyway)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        return load_sharded_checkpoint(path, optimizer=optimizer)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file (give the path of a .ckpt file)")
     if path.stat().st_size == 0:
@@ -47,6 +54,90 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "ssl-zoo train (a bare backbone state dict goes to backbone.init_from instead)"
         )
     return checkpoint
+
+
+SHARDED_META = "meta.pt"  # Lightning's ModelParallelStrategy: everything but the tensors
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint: written last, once every shard is
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / SHARDED_META).is_file()
+
+
+def _check_sharded(path: Path) -> None:
+    missing = [name for name in (SHARDED_META, DCP_METADATA) if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path}: a directory without {' and '.join(missing)}, so not a complete FSDP2 "
+            "(torch.distributed.checkpoint) checkpoint: its save was interrupted, or this is another "
+            "directory; give an older checkpoint"
+        )
+
+
+def load_sharded_checkpoint(path: Path, optimizer: bool = False) -> dict[str, Any]:
+    """An FSDP2 checkpoint directory read in this one process: Lightning's metadata plus the
+    whole tensors gathered from every shard (any number of processes wrote them). Optimizer
+    states come back in ``torch.optim`` form (integer ids in param_groups order), as a
+    single-process or DDP run saves them, so that any strategy resumes from them."""
+    import warnings
+
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    _check_sharded(path)
+    try:
+        checkpoint = _torch_load(path / SHARDED_META)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path}: {SHARDED_META} cannot be read ({_first_sentence(err)})") from None
+    keys = {"state_dict"} | ({f"optimizer_{i}" for i in range(_count_optimizers(path))} if optimizer else set())
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = _load_state_dict_from_keys(keys, checkpoint_id=str(path))
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(
+            f"checkpoint {path}: its shards cannot be read ({type(err).__name__}: {_first_sentence(err)}); "
+            "a shard file is missing or corrupt"
+        ) from None
+    checkpoint["state_dict"] = tensors["state_dict"]
+    if optimizer:
+        checkpoint["optimizer_states"] = [_indexed_optimizer_state(tensors[f"optimizer_{i}"]) for i in
+                                          range(_count_optimizers(path))]
+    return checkpoint
+
+
+def _sharded_metadata(path: Path):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return FileSystemReader(str(path)).read_metadata()
+
+
+def _count_optimizers(path: Path) -> int:
+    names = {key.split(".", 1)[0] for key in _sharded_metadata(path).state_dict_metadata}
+    return sum(1 for name in names if name.startswith("optimizer_"))
+
+
+def _indexed_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """FQN-keyed optimizer state (torch.distributed.checkpoint) -> torch.optim's own form,
+    whose ids number the parameters in param_groups order."""
+    ids: dict[str, int] = {}
+    groups = [{**group, "params": [ids.setdefault(name, len(ids)) for name in group["params"]]}
+              for group in state["param_groups"]]
+    return {"state": {ids[name]: value for name, value in state["state"].items()}, "param_groups": groups}
+
+
+def tensor_shapes(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """({model tensor name: shape}, stored run config) of a checkpoint, reading only
+    metadata for an FSDP2 directory (no shard is loaded)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        _check_sharded(path)
+        meta = _torch_load(path / SHARDED_META)
+        prefix = "state_dict."
+        shapes = {key[len(prefix):]: tuple(entry.size) for key, entry in _sharded_metadata(path).state_dict_metadata.items()
+                  if key.startswith(prefix) and hasattr(entry, "size")}
+        return shapes, meta.get(CONFIG_KEY) or {}
+    checkpoint = load_checkpoint(path)
+    return {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}, checkpoint.get(CONFIG_KEY) or {}
 
 
 def _first_sentence(err: Exception) -> str:
@@ -83,17 +174,15 @@ def run_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> Di
 def check_resumable(path: str | Path, method: torch.nn.Module, model_name: str) -> None:
     """CheckpointError unless the checkpoint at ``path`` holds exactly ``method``'s tensors
     (names and shapes), so that a resume fails before training, not in Lightning's loader."""
-    checkpoint = load_checkpoint(path)
-    stored = checkpoint["state_dict"]
-    expected = method.state_dict()
-    stored_cfg = checkpoint.get(CONFIG_KEY) or {}
+    stored, stored_cfg = tensor_shapes(path)
+    expected = {k: tuple(v.shape) for k, v in method.state_dict().items()}
     written_by = ""
     if stored_cfg:
         target = str(stored_cfg.get("method", {}).get("_target_", "?")).rsplit(".", 1)[-1]
         written_by = f" (written by {target} on backbone={stored_cfg.get('backbone', {}).get('model_name', '?')})"
     missing = [k for k in expected if k not in stored]
     unexpected = [k for k in stored if k not in expected]
-    mismatched = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k].shape)]
+    mismatched = [k for k in expected if k in stored and stored[k] != expected[k]]
     if missing or unexpected or mismatched:
         details = []
         if missing:
@@ -103,8 +192,8 @@ def check_resumable(path: str | Path, method: torch.nn.Module, model_name: str) 
         if mismatched:
             key = mismatched[0]
             details.append(
-                f"{len(mismatched)} of another shape (e.g. {key}: {tuple(stored[key].shape)} in the file, "
-                f"{tuple(expected[key].shape)} here)"
+                f"{len(mismatched)} of another shape (e.g. {key}: {stored[key]} in the file, "
+                f"{expected[key]} here)"
             )
         raise CheckpointError(
             f"ckpt_path={path}: does not fit this run's {type(method).__name__} on backbone={model_name}"
@@ -161,7 +250,9 @@ def newest_checkpoint(directory: str | Path) -> tuple[Path | None, list[str]]:
     best, best_key, skipped = None, None, []
     for path in sorted(directory.glob("*.ckpt")) if directory.is_dir() else []:
         try:
-            step = int(_torch_load(path).get("global_step", -1))
+            if path.is_dir():  # FSDP2: complete once torch.distributed.checkpoint wrote .metadata
+                _check_sharded(path)
+            step = int(_torch_load(path / SHARDED_META if path.is_dir() else path).get("global_step", -1))
         except Exception as err:  # noqa: BLE001 - any unreadable file is passed over
             skipped.append(f"{path.name} ({type(err).__name__})")
             continue

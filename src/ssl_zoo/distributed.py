@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 def is_distributed() -> bool:
@@ -50,3 +51,47 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every process's picklable ``obj``, in rank order (``[obj]`` on one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over all processes, in place."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of ``tensor``: the local shard of a DTensor (FSDP2), else the
+    tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def is_sharded(tensors) -> bool:
+    """True if any of ``tensors`` is a DTensor (FSDP2-sharded)."""
+    return any(isinstance(t, DTensor) for t in tensors)
+
+
+def full_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(N,) float32 L2 norms of whole tensors, whether plain or sharded.
+
+    FSDP2 shards a parameter (and its gradient) along dim 0 over all processes, so the
+    squared norm of the whole is the sum over processes of the local squared norms: one
+    all-reduce of N floats, only when something is sharded. Plain tensors (replicated,
+    e.g. under DDP) keep their local norm."""
+    if not tensors:
+        return torch.zeros(0)
+    squares = torch.stack(torch._foreach_norm([local_tensor(t) for t in tensors])).float().square()
+    sharded = torch.tensor([isinstance(t, DTensor) for t in tensors], device=squares.device)
+    if not bool(sharded.any()):
+        return squares.sqrt()
+    summed = all_reduce_sum(torch.where(sharded, squares, torch.zeros_like(squares)))
+    return torch.where(sharded, summed, squares).sqrt()

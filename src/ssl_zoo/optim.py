@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ssl_zoo.distributed import full_norms, local_tensor
+
 _EMBEDDING_NAMES = ("pos_embed", "patch_embed", "cls_token", "reg_token", "mask_token", "register_tokens")
 _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
@@ -93,17 +95,31 @@ def clip_grad_norm_per_parameter(params: Iterable[nn.Parameter], max_norm: float
     """Scale each parameter's gradient to L2 norm <= ``max_norm``, independently.
 
     DINO's ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)``, applied
-    only where it is < 1. Parameters without a gradient are skipped."""
+    only where it is < 1. Parameters without a gradient are skipped. Norms are of whole
+    gradients, also when FSDP2 shards them (:func:`ssl_zoo.distributed.full_norms`)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    norms = torch.stack(torch._foreach_norm(grads))
-    coefs = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
-    torch._foreach_mul_(grads, list(coefs.unbind()))
+    coefs = (max_norm / (full_norms(grads) + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_([local_tensor(g) for g in grads], list(coefs.unbind()))
+
+
+def clip_grad_norm_total(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale all gradients together so that their total L2 norm is <= ``max_norm``, with
+    the arithmetic of ``torch.nn.utils.clip_grad_norm_`` (coefficient
+    ``max_norm / (norm + 1e-6)`` clamped to 1), on plain or FSDP2-sharded gradients.
+    Returns the total norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = full_norms(grads).square().sum().sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_([local_tensor(g) for g in grads], coef)
+    return total
 
 
 def clip_grad_norm_per_module(modules: Iterable[nn.Module], max_norm: float) -> None:
     """Clip the total gradient norm of each module separately (DINOv2 calls
     ``clip_grad_norm_`` on each student submodule: backbone, dino head, ibot head)."""
     for module in modules:
-        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+        clip_grad_norm_total(module.parameters(), max_norm)

@@ -17,6 +17,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from ssl_zoo import distributed
+from ssl_zoo.distributed import full_norms
 from ssl_zoo.errors import UserError
 
 log = logging.getLogger("ssl_zoo")
@@ -41,12 +43,13 @@ class NonFiniteGuard(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         loss = getattr(pl_module, "last_loss", None)
-        # One reduction and one host sync per step. Under DDP the gradients are already
-        # averaged, so every rank takes the same decision.
-        total = torch.stack(torch._foreach_norm(grads)).sum() if grads else torch.zeros(())
+        # One reduction and one host sync per step. The sum over processes makes the
+        # decision global: every process skips, or none does (FSDP2 shards the gradients,
+        # and each process has its own loss), so the replicas never drift apart.
+        total = full_norms(grads).sum() if grads else torch.zeros(())
         if loss is not None:
             total = total + loss.float().abs()
-        if bool(torch.isfinite(total)):
+        if bool(torch.isfinite(distributed.all_reduce_sum(total.reshape(1)))):
             return
         step = trainer.global_step
         for group in optimizer.param_groups:  # AdamW / SGD leave a parameter without grad untouched

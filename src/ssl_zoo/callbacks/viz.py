@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ssl_zoo.sharding import gathered
 from ssl_zoo.visualize import denormalize, draw_rows, pictures
 
 
@@ -74,7 +75,7 @@ class Visualizer(L.Callback):
         self._last_step = step
         backbone = pl_module.eval_backbone
         attention = self.attention and backbone.has_patch_tokens
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
+        with torch.no_grad(), trainer.precision_plugin.forward_context(), gathered(backbone):
             result = pictures(backbone, images.to(pl_module.device), attention, self.pca_threshold)
         if not trainer.is_global_zero:
             return None

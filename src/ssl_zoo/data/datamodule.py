@@ -180,10 +180,7 @@ class SSLDataModule(L.LightningDataModule):
         for dataset in (self.train_set, self.knn_train, self.knn_val):
             if dataset is not None and hasattr(dataset, "bad_images"):
                 entries.extend(dataset.bad_images())
-        if distributed.is_distributed():
-            gathered: list = [None] * distributed.world_size()
-            torch.distributed.all_gather_object(gathered, entries)
-            entries = [entry for part in gathered for entry in part]
+        entries = [entry for part in distributed.all_gather_objects(entries) for entry in part]
         return bad_image_report(entries)
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:

@@ -1,9 +1,15 @@
 """The one thin base class: optimizer groups, per-step schedules, EMA timing, logging.
 
-A method subclasses :class:`SSLMethod` and implements ``compute_loss(batch, step)``
-returning ``(loss, logs)``; if it has an EMA teacher it also implements
-``update_teacher(step)``. Everything else (what to log, when lr / weight decay change,
-when the teacher moves) lives here once, so methods stay short and comparable.
+The model contract: a method subclasses :class:`SSLMethod`, declares its student in
+``build_student(backbone)`` (a ``ModuleDict`` with at least ``backbone``; the entries are
+the networks its step calls), calls ``init_networks(backbone)`` at the end of its
+``__init__``, and implements ``compute_loss(batch, step)`` returning ``(loss, logs)``.
+The base builds the EMA teacher from the student (``uses_teacher``), moves it after every
+real optimizer step, and shards student and teacher with the same policy in
+``configure_model`` when the strategy is FSDP2 (:mod:`ssl_zoo.sharding`); under DDP or
+one process ``configure_model`` does nothing. Everything else (what to log, when lr /
+weight decay change, when the teacher moves) lives here once, so methods stay short and
+comparable.
 
 What callbacks may read of a step (the health monitor, the online probe) is the
 ``step_signals`` contract below: ``compute_loss`` records detached tensors it has
@@ -22,13 +28,14 @@ from torch import nn
 
 from ssl_zoo.checkpoints import CONFIG_KEY
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import ema_update, set_teacher_mode
+from ssl_zoo.models.ema import ema_update, make_teacher, set_teacher_mode
 from ssl_zoo.optim import (
     OPTIMIZERS,
     build_optimizer,
     build_param_groups,
     clip_grad_norm_per_module,
     clip_grad_norm_per_parameter,
+    clip_grad_norm_total,
 )
 from ssl_zoo.run_length import RunLength, plan_run_length
 from ssl_zoo.schedules import cosine_schedule
@@ -38,7 +45,6 @@ class SSLMethod(L.LightningModule):
     """Shared training plumbing.
 
     Args:
-        backbone: the student backbone (the teacher, if any, is a copy made by the method).
         optimizer: ``adamw`` (DINO, DINOv2), ``lars`` or ``sgd`` (BYOL).
         base_lr: learning rate before batch-size scaling (see lr_scaling).
         lr_scaling: peak lr from the global batch: ``linear_256`` = base_lr * batch / 256
@@ -78,9 +84,11 @@ class SSLMethod(L.LightningModule):
     # sets its lr to 0. A method sets True to follow DINO.
     cancel_frozen_last_layer_grads = False
 
+    #: An EMA teacher, a copy of the student built by ``init_networks`` (False: supervised).
+    uses_teacher = True
+
     def __init__(
         self,
-        backbone: Backbone,
         optimizer: str = "adamw",
         base_lr: float = 5e-4,
         lr_scaling: str = "linear_256",
@@ -134,7 +142,9 @@ class SSLMethod(L.LightningModule):
         self.betas = tuple(betas)
         self.momentum = momentum
         self.momentum_teacher = momentum_teacher
-        self.teacher: nn.Module | None = None
+        self.student: nn.ModuleDict | None = None
+        self.teacher: nn.ModuleDict | None = None
+        self.sharded = False  # set by configure_model under FSDP2
         # See STEP_SIGNALS; references only (no copy), replaced every step.
         self.step_signals: dict[str, torch.Tensor] = {}
         # The resolved run config, set by train() and saved in every checkpoint so that
@@ -150,6 +160,22 @@ class SSLMethod(L.LightningModule):
         self.skip_teacher_update = False
 
     # --- what a method provides -------------------------------------------------------
+
+    def build_student(self, backbone: Backbone) -> nn.ModuleDict:
+        """The student: ``backbone`` plus the networks the method trains and the teacher
+        copies (heads, projector), as a ``ModuleDict`` whose entries ``compute_loss``
+        calls. Trainable modules outside it (BYOL's predictor) are the student's alone."""
+        raise NotImplementedError
+
+    def init_networks(self, backbone: Backbone) -> None:
+        """Build the student (``build_student``) and, with ``uses_teacher``, the teacher
+        as its frozen copy. Called once, at the end of a method's ``__init__``."""
+        student = self.build_student(backbone)
+        name = type(self).__name__
+        if not isinstance(student, nn.ModuleDict) or not isinstance(student._modules.get("backbone"), Backbone):
+            raise TypeError(f"{name}.build_student must return an nn.ModuleDict with a Backbone under 'backbone'")
+        self.student = student
+        self.teacher = make_teacher(student) if self.uses_teacher else None
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -218,6 +244,20 @@ class SSLMethod(L.LightningModule):
 
     # --- Lightning hooks --------------------------------------------------------------------
 
+    def configure_model(self) -> None:
+        """Under FSDP2 (:class:`ssl_zoo.sharding.FSDP2Strategy`), shard student, teacher and
+        the other trainable modules with one policy; under any other strategy, nothing.
+        Lightning calls this before the optimizer is built, so it sees the sharded
+        parameters."""
+        if self.student is None:
+            raise TypeError(f"{type(self).__name__}.__init__ must call self.init_networks(backbone)")
+        from ssl_zoo.sharding import FSDP2Strategy, shard_method
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy) and not self.sharded:
+            shard_method(self, strategy)
+            self.sharded = True
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         num_layers = len(getattr(self.student["backbone"].model, "blocks", []))
         groups = build_param_groups(
@@ -264,7 +304,7 @@ class SSLMethod(L.LightningModule):
         if not clip:
             return
         if self.grad_clip_mode == "global":
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            clip_grad_norm_total(self.parameters(), clip)
         elif self.grad_clip_mode == "per_parameter":
             clip_grad_norm_per_parameter(self.parameters(), clip)
         else:
@@ -273,10 +313,13 @@ class SSLMethod(L.LightningModule):
     def clip_modules(self) -> list[nn.Module]:
         """The units of ``per_module`` clipping: each student submodule (backbone, heads),
         plus the method's other trainable modules (e.g. BYOL's predictor)."""
-        modules = list(self.student.values())
-        modules += [m for name, m in self.named_children() if name not in ("student", "teacher")
-                    and any(p.requires_grad for p in m.parameters())]
-        return modules
+        return [*self.student.values(), *self.student_only_modules()]
+
+    def student_only_modules(self) -> list[nn.Module]:
+        """Trainable modules outside the student (BYOL's predictor): trained, clipped and
+        sharded like the student's, never copied into the teacher."""
+        return [m for name, m in self.named_children() if name not in ("student", "teacher")
+                and any(p.requires_grad for p in m.parameters())]
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

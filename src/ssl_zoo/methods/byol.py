@@ -15,7 +15,6 @@ from torch import nn
 from ssl_zoo.losses import byol_loss
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import MLPHead
 
 
@@ -43,14 +42,17 @@ class BYOL(SSLMethod):
                 "release (DINO / DINOv2 heads do not fit its projector); initialise only the "
                 "backbone with backbone.init_from=... and leave method.head_init_from=null"
             )
-        super().__init__(backbone, **optim)
+        super().__init__(**optim)
         for key, value in (("projector_hidden_dim", projector_hidden_dim), ("projector_out_dim", projector_out_dim),
                            ("predictor_hidden_dim", predictor_hidden_dim)):
             _check(key, value >= 1, value, ">= 1")
-        projector = MLPHead(backbone.embed_dim, projector_hidden_dim, projector_out_dim)
-        self.student = nn.ModuleDict({"backbone": backbone, "projector": projector})
+        self.projector_dims = (projector_hidden_dim, projector_out_dim)
+        self.init_networks(backbone)
+        # The online network's alone: the target network has no predictor.
         self.predictor = MLPHead(projector_out_dim, predictor_hidden_dim, projector_out_dim)
-        self.teacher = make_teacher(self.student)
+
+    def build_student(self, backbone: Backbone) -> nn.ModuleDict:
+        return nn.ModuleDict({"backbone": backbone, "projector": MLPHead(backbone.embed_dim, *self.projector_dims)})
 
     def check_views(self, n_global: int, n_local: int) -> None:
         if n_global != 2 or n_local != 0:

@@ -17,7 +17,6 @@ from ssl_zoo.losses import build_teacher_targets, dino_loss
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
 from ssl_zoo.models.init_from import load_heads
 
@@ -65,17 +64,21 @@ class DINO(SSLMethod):
         **optim: Any,
     ) -> None:
         optim.setdefault("grad_clip_mode", "per_parameter")
-        super().__init__(backbone, **optim)
+        super().__init__(**optim)
         self.temperatures = Temperatures(
             student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=True
         )
         _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
-        head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
-        if head_init_from:  # before the teacher copy, so both start from the file
-            load_heads(head_init_from, {"head": head}, method="dino")
-        self.student = nn.ModuleDict({"backbone": backbone, "head": head})
-        self.teacher = make_teacher(self.student)
+        self.head_args = (out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
+        self.head_init_from = head_init_from
+        self.init_networks(backbone)
         self.targets = build_teacher_targets(teacher_targets, out_dim, center_momentum=center_momentum)
+
+    def build_student(self, backbone: Backbone) -> nn.ModuleDict:
+        head = DINOHead(backbone.embed_dim, *self.head_args)
+        if self.head_init_from:  # before the teacher copy, so both start from the file
+            load_heads(self.head_init_from, {"head": head}, method="dino")
+        return nn.ModuleDict({"backbone": backbone, "head": head})
 
     def check_views(self, n_global: int, n_local: int) -> None:
         if n_global != 2:

@@ -19,7 +19,6 @@ from ssl_zoo.losses import build_teacher_targets, dinov2_objective
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.ema import make_teacher
 from ssl_zoo.models.heads import DINOHead
 from ssl_zoo.models.init_from import load_heads
 
@@ -74,7 +73,7 @@ class DINOv2(SSLMethod):
         **optim: Any,
     ) -> None:
         optim.setdefault("grad_clip_mode", "per_module")
-        super().__init__(backbone, **optim)
+        super().__init__(**optim)
         self.temperatures = Temperatures(
             student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=False
         )
@@ -97,23 +96,27 @@ class DINOv2(SSLMethod):
                 f"backbone={backbone.model_name} has none (a CNN): choose a ViT (e.g. backbone=vit_mini), "
                 "or keep only DINOv2's image-level objective with method.ibot_weight=0 augmentation.masking=null"
             )
-        if self.uses_masks:
-            backbone.enable_mask_token("dinov2")
         self.weights = {"dino_weight": dino_weight, "ibot_weight": ibot_weight, "koleo_weight": koleo_weight}
-        head_dims = {"hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim, "n_layers": head_layers, "norm_last_layer": False}
-        modules = {"backbone": backbone, "dino_head": DINOHead(backbone.embed_dim, out_dim, **head_dims)}
-        if separate_ibot_head:
-            modules["ibot_head"] = DINOHead(backbone.embed_dim, ibot_out_dim, **head_dims)
-        if head_init_from:  # before the teacher copy, so both start from the file
-            heads = {name: module for name, module in modules.items() if name != "backbone"}
-            mask_token = load_heads(head_init_from, heads, method="dinov2")
-            if mask_token is not None and backbone.mask_token is not None:  # none without masking
-                backbone.set_mask_token(mask_token)
-        self.student = nn.ModuleDict(modules)
-        self.teacher = make_teacher(self.student)
+        self.head_dims = {"hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim, "n_layers": head_layers,
+                          "norm_last_layer": False}
+        self.head_out_dims = {"dino_head": out_dim, **({"ibot_head": ibot_out_dim} if separate_ibot_head else {})}
+        self.head_init_from = head_init_from
+        self.init_networks(backbone)
         kinds = {"center_momentum": center_momentum, "n_iterations": sinkhorn_iterations}
         self.cls_targets = build_teacher_targets(teacher_targets, out_dim, **kinds)
         self.patch_targets = build_teacher_targets(teacher_targets, ibot_out_dim, **kinds)
+
+    def build_student(self, backbone: Backbone) -> nn.ModuleDict:
+        if self.uses_masks:
+            backbone.enable_mask_token("dinov2")
+        modules = {"backbone": backbone}
+        modules.update({name: DINOHead(backbone.embed_dim, dim, **self.head_dims) for name, dim in self.head_out_dims.items()})
+        if self.head_init_from:  # before the teacher copy, so both start from the file
+            heads = {name: module for name, module in modules.items() if name != "backbone"}
+            mask_token = load_heads(self.head_init_from, heads, method="dinov2")
+            if mask_token is not None and backbone.mask_token is not None:  # none without masking
+                backbone.set_mask_token(mask_token)
+        return nn.ModuleDict(modules)
 
     def check_views(self, n_global: int, n_local: int) -> None:
         if n_global != 2:

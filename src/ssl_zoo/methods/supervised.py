@@ -24,12 +24,17 @@ class Supervised(SSLMethod):
         **optim: see :class:`SSLMethod`.
     """
 
+    uses_teacher = False
+
     def __init__(self, backbone: Backbone, num_classes: int = 10, **optim: Any) -> None:
-        super().__init__(backbone, **optim)
+        super().__init__(**optim)
         if num_classes < 2:
             raise ValueError(f"method.num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
-        self.student = nn.ModuleDict({"backbone": backbone, "classifier": nn.Linear(backbone.embed_dim, num_classes)})
+        self.init_networks(backbone)
+
+    def build_student(self, backbone: Backbone) -> nn.ModuleDict:
+        return nn.ModuleDict({"backbone": backbone, "classifier": nn.Linear(backbone.embed_dim, self.num_classes)})
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         crops = batch["global_crops"]  # (V*B, C, H, W), view-major

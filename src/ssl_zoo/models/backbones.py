@@ -110,6 +110,16 @@ class Backbone(nn.Module):
         """The stochastic-depth rate of each transformer block (0 where it has none)."""
         return [_block_drop_path_rate(block) for block in getattr(self.model, "blocks", [])]
 
+    def shard_units(self) -> list[nn.Module]:
+        """The repeated blocks FSDP2 shards one at a time (each all-gathered only while it
+        runs): a ViT's transformer blocks, a CNN's stages (``stages``, or ResNet's
+        ``layer1..4``). Empty when the timm model has neither."""
+        for name in ("blocks", "stages"):
+            units = getattr(self.model, name, None)
+            if isinstance(units, (nn.Sequential, nn.ModuleList)) and len(units) > 0:
+                return list(units)
+        return [layer for i in range(1, 5) if isinstance(layer := getattr(self.model, f"layer{i}", None), nn.Module)]
+
     @property
     def has_patch_tokens(self) -> bool:
         return self.patch_size is not None and hasattr(self.model, "blocks")

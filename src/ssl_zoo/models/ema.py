@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ssl_zoo.distributed import local_tensor
+
 
 def make_teacher(student: nn.Module) -> nn.Module:
     """A frozen deep copy of ``student``, never touched by the optimizer, in teacher mode
@@ -34,12 +36,23 @@ def set_teacher_mode(teacher: nn.Module) -> None:
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, over parameters.
 
-    Buffers are left alone: BatchNorm running statistics of the teacher come from its own
-    forward passes."""
+    Runs on this process's local tensors with one ``torch._foreach_lerp_``: plain
+    parameters, or the local shards of FSDP2 DTensors when student and teacher are sharded
+    with the same policy (then shard i of the teacher is shard i of the student's
+    parameter, and the update needs no communication). Buffers are left alone: BatchNorm
+    running statistics of the teacher come from its own forward passes."""
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
-    t_params = list(teacher.parameters())
-    s_params = [p.detach() for p in student.parameters()]
+    t_params = [local_tensor(p) for p in teacher.parameters()]
+    s_params = [local_tensor(p.detach()) for p in student.parameters()]
     if len(t_params) != len(s_params):
-        raise RuntimeError("teacher and student have different parameter lists")
+        raise RuntimeError(
+            f"teacher and student have different parameter lists ({len(t_params)} vs {len(s_params)} tensors)"
+        )
+    mismatch = next(((i, t.shape, s.shape) for i, (t, s) in enumerate(zip(t_params, s_params)) if t.shape != s.shape), None)
+    if mismatch is not None:
+        raise RuntimeError(
+            f"teacher and student parameter {mismatch[0]} have different local shapes {tuple(mismatch[1])} vs "
+            f"{tuple(mismatch[2])}: shard both with the same policy"
+        )
     torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)

@@ -1,0 +1,172 @@
+"""FSDP2: Lightning's ModelParallelStrategy with ``fully_shard`` over every process.
+
+``trainer=fsdp`` (GPUs) and ``trainer=fsdp_cpu`` (2 gloo processes, the tested path) use
+:class:`FSDP2Strategy`. The method's ``configure_model`` (``ssl_zoo.methods.base``) calls
+:func:`shard_method`, which applies one policy to student and teacher alike, so that
+shard i of a teacher parameter is shard i of the student's and the EMA runs on local
+tensors without communication (``ssl_zoo.models.ema``):
+
+- every backbone's blocks (ViT blocks, CNN stages), then each network of the student and
+  the teacher (backbone, heads), then the student-only modules (BYOL's predictor): each a
+  ``fully_shard`` unit, all-gathered while it runs and resharded after;
+- mixed precision by FSDP2's ``MixedPrecisionPolicy`` (parameters cast for compute,
+  gradients reduced in ``reduce_dtype``), not by autocast: keep ``trainer.precision``
+  at 32-true and set ``trainer.strategy.param_dtype``;
+- Lightning builds the optimizer after this, over the sharded parameters.
+
+Checkpoints are torch.distributed.checkpoint directories (one file per process plus
+metadata), which load on any number of processes; :mod:`ssl_zoo.checkpoints` reads them
+in one process for eval, viz and export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+from ssl_zoo.errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(key: str, name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in _DTYPES:
+        raise ConfigError(f"trainer.strategy.{key}={name!r}: use one of {sorted(_DTYPES)}, or null (no cast)")
+    return _DTYPES[name]
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel over all processes (no tensor parallelism).
+
+    Args:
+        param_dtype: dtype of the all-gathered parameters used in forward and backward
+            (``bfloat16`` on recent GPUs); null keeps float32.
+        reduce_dtype: dtype of the gradient reduce-scatter; null = param_dtype. float32
+            keeps gradient sums exact under bf16 compute.
+        reshard_after_forward: free the gathered parameters after each unit's forward
+            (less memory, one more all-gather in backward); false keeps them until the
+            backward (ZeRO-2-like: faster, more memory).
+        save_distributed_checkpoint: a directory of per-process shards (true), or one
+            file gathered on rank 0 (false; needs the whole model in one process's memory).
+        process_group_backend: null = nccl on GPUs, gloo on CPUs.
+    """
+
+    def __init__(
+        self,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = "float32",
+        reshard_after_forward: bool = True,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            **kwargs,
+        )
+        self.param_dtype = _dtype("param_dtype", param_dtype)
+        self.reduce_dtype = _dtype("reduce_dtype", reduce_dtype)
+        self.reshard_after_forward = bool(reshard_after_forward)
+
+    def setup_environment(self) -> None:
+        # One data-parallel dimension over every process of every node.
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """A sharded directory as Lightning loads it (any number of processes wrote it); a
+        single file (one process, DDP) loaded whole on every process and put into the
+        shards. The file's optimizer state is keyed by position in the param groups, which
+        Lightning would map to names in ``named_parameters`` order (another order than our
+        groups'): it is mapped here by the groups themselves."""
+        from ssl_zoo.checkpoints import is_sharded_checkpoint, load_checkpoint
+
+        path = self.broadcast(checkpoint_path)
+        if is_sharded_checkpoint(path):
+            return super().load_checkpoint(path, weights_only=weights_only)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        checkpoint = load_checkpoint(path)
+        options = StateDictOptions(full_state_dict=True, strict=self.lightning_module.strict_loading)
+        set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        for optimizer, state in zip(self.optimizers, checkpoint.pop("optimizer_states", [])):
+            order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+            named = {
+                "state": {order[int(k)]: v for k, v in state["state"].items()},
+                "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+            }
+            set_optimizer_state_dict(self.model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+        return checkpoint
+
+    def fully_shard_kwargs(self) -> dict[str, Any]:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype or self.param_dtype)
+        return {"mesh": self.device_mesh["data_parallel"], "mp_policy": policy,
+                "reshard_after_forward": self.reshard_after_forward}
+
+
+def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
+    """``fully_shard`` the method's networks with one policy (see the module docstring)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from ssl_zoo.models.backbones import Backbone
+
+    kwargs = strategy.fully_shard_kwargs()
+    networks = [method.student] + ([method.teacher] if method.teacher is not None else [])
+    for network in networks:
+        for module in network.values():
+            if isinstance(module, Backbone):
+                units = module.shard_units()
+                if not units:
+                    raise ConfigError(
+                        f"trainer.strategy is FSDP2, but backbone={module.model_name} has no blocks to shard "
+                        "(no ViT blocks, CNN stages or ResNet layers): use a ViT or ResNet backbone, or "
+                        "trainer=ddp_cpu / trainer=gpu (DDP) for this one"
+                    )
+                for unit in units:
+                    fully_shard(unit, **kwargs)
+            fully_shard(module, **kwargs)
+    for module in method.student_only_modules():
+        fully_shard(module, **kwargs)
+    unsharded = [name for name, p in method.named_parameters() if not isinstance(p, torch.distributed.tensor.DTensor)]
+    if unsharded:  # their gradients would never be reduced across processes
+        raise RuntimeError(f"parameters left out of FSDP2 sharding: {unsharded[:5]}")
+
+
+@contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """Whole (unsharded) parameters in every FSDP2 unit of ``module`` for the duration,
+    for code that calls a network's parts outside its forward (attention maps). A
+    collective: every process must enter. No-op for an unsharded module."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    for unit in units:  # a forward inside must not reshard what we hold
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
