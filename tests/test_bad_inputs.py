@@ -115,6 +115,26 @@ def _setup_vit_ckpt(tmp: Path) -> None:
     torch.save({"state_dict": parts["method"].state_dict()}, tmp / "vit.ckpt")
 
 
+def _setup_vit_dcp_ckpt(tmp: Path) -> None:
+    """An FSDP2 checkpoint directory (torch.distributed.checkpoint shards + Lightning's
+    meta.pt) of a ViT run, written here by one process."""
+    import warnings
+
+    from torch.distributed.checkpoint import save as dcp_save
+
+    from ssl_zoo.config import compose_config
+    from ssl_zoo.train import build_all
+
+    parts = build_all(compose_config([*TINY_DATA, *QUIET, *TINY_VIT], tmp))
+    directory = tmp / "vit_fsdp.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "assuming ... a single process": it is
+        dcp_save({"state_dict": parts["method"].state_dict()}, checkpoint_id=str(directory))
+    torch.save({"global_step": 2, "ssl_zoo_config": {"method": {"_target_": "ssl_zoo.methods.dino.DINO"},
+                                                     "backbone": {"model_name": "vit_tiny_patch16_224"}}},
+               directory / "meta.pt")
+
+
 CASES = {
     # --- configuration ---------------------------------------------------------------------
     "negative-temperature": Case("config", "a teacher temperature <= 0", ["method.teacher_temp=-1"],
@@ -141,6 +161,10 @@ CASES = {
                             r"augmentation\.masking is null.*ibot_weight=0"),
     "crop-vs-patch": Case("config", "a crop size the ViT patch size does not divide",
                           [*TINY_VIT, "data.image_size=30"], r"augmentation\.transform\.global_size=30 is not divisible"),
+    "fsdp-no-blocks": Case("config", "FSDP2 with a backbone that has no blocks to shard",
+                           ["trainer=fsdp_cpu", "backbone.model_name=dla46_c"],
+                           r"^trainer\.strategy is FSDP2 .* backbone\.model_name=dla46_c has no blocks to shard .*"
+                           r"trainer=ddp_cpu"),
     "knn-k": Case("config", "a kNN with k = 0", ["callbacks.knn.k=0"], r"^callbacks\.knn\.k must be >= 1, got 0"),
     "global-batch": Case("config", "a global batch the devices cannot give", ["+data.global_batch_size=48"],
                          r"data\.global_batch_size=48 but .* = 32 x 1 x 1 x 1 = 32"),
@@ -184,6 +208,14 @@ CASES = {
     "ckpt-other-backbone": Case("checkpoint", "a checkpoint from another backbone", ["ckpt_path={tmp}/vit.ckpt"],
                                 r"does not fit this run's DINO on backbone=resnet10t: .* tensors missing",
                                 _setup_vit_ckpt),
+    "ckpt-fsdp-other-backbone": Case("checkpoint", "an FSDP2 (sharded) checkpoint from another backbone",
+                                     ["ckpt_path={tmp}/vit_fsdp.ckpt"],
+                                     r"vit_fsdp\.ckpt: does not fit this run's DINO on backbone=resnet10t \(written by "
+                                     r"DINO on backbone=vit_tiny_patch16_224\): .* tensors missing", _setup_vit_dcp_ckpt),
+    "ckpt-fsdp-incomplete": Case("checkpoint", "an FSDP2 checkpoint directory whose save was interrupted",
+                                 ["ckpt_path={tmp}/half.ckpt"], r"half\.ckpt: a directory without meta\.pt and "
+                                 r"\.metadata, so not a complete FSDP2 .* give an older checkpoint",
+                                 lambda tmp: (tmp / "half.ckpt").mkdir()),
     "init-from-missing": Case("checkpoint", "backbone.init_from to a missing file",
                               ["backbone.init_from={tmp}/weights.pth"], r"backbone\.init_from.*weights\.pth"),
     # --- environment ------------------------------------------------------------------------

@@ -122,25 +122,36 @@ class FSDP2Strategy(ModelParallelStrategy):
                 "reshard_after_forward": self.reshard_after_forward}
 
 
+def check_shardable(strategy: Any, method: nn.Module) -> None:
+    """ConfigError, before any process starts, if FSDP2 has nothing to shard block by block."""
+    from ssl_zoo.models.backbones import Backbone
+
+    if not isinstance(strategy, FSDP2Strategy):
+        return
+    for module in method.student.values():
+        if isinstance(module, Backbone) and not module.shard_units():
+            raise ConfigError(
+                f"trainer.strategy is FSDP2 (trainer=fsdp / fsdp_cpu), but backbone.model_name={module.model_name} "
+                "has no blocks to shard one at a time (no ViT blocks, CNN stages or ResNet layer1-4): choose a "
+                "ViT or ResNet backbone, or train this one with DDP (trainer=ddp_cpu / trainer=gpu)"
+            )
+
+
 def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
     """``fully_shard`` the method's networks with one policy (see the module docstring)."""
     from torch.distributed.fsdp import fully_shard
 
     from ssl_zoo.models.backbones import Backbone
 
+    check_shardable(strategy, method)
+    if strategy._layer_sync is not None:  # trainer.sync_batchnorm: Lightning applies it only under DDP
+        strategy._layer_sync.apply(method)
     kwargs = strategy.fully_shard_kwargs()
     networks = [method.student] + ([method.teacher] if method.teacher is not None else [])
     for network in networks:
         for module in network.values():
             if isinstance(module, Backbone):
-                units = module.shard_units()
-                if not units:
-                    raise ConfigError(
-                        f"trainer.strategy is FSDP2, but backbone={module.model_name} has no blocks to shard "
-                        "(no ViT blocks, CNN stages or ResNet layers): use a ViT or ResNet backbone, or "
-                        "trainer=ddp_cpu / trainer=gpu (DDP) for this one"
-                    )
-                for unit in units:
+                for unit in module.shard_units():
                     fully_shard(unit, **kwargs)
             fully_shard(module, **kwargs)
     for module in method.student_only_modules():

@@ -36,6 +36,7 @@ from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
 from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
+from ssl_zoo.sharding import check_shardable
 
 log = logging.getLogger("ssl_zoo")
 
@@ -113,6 +114,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node is not None]
     logger = build(cfg.logger, "logger") if cfg.get("logger") is not None else False
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+    check_shardable(trainer.strategy, method)
     return {"method": method, "datamodule": datamodule, "trainer": trainer, "callbacks": callbacks}
 
 
@@ -205,6 +207,9 @@ def _silence_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # Lightning's own use of a torch pytree API that torch deprecated.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # FSDP2 warns when a wrapped module returns a view, in case the caller modifies it in
+    # place; no method modifies a backbone's or head's output in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     # Lightning's advertisements ("Tip: ... try installing litlogger / litmodels").
     rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in rank_zero_logger.filters):

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
 from ssl_zoo.data.datamodule import SSLDataModule, check_batch_sizes
 from ssl_zoo.data.images import DataError
@@ -146,3 +147,28 @@ def test_setup_checks_the_batch_sizes_when_a_trainer_is_attached():
     dm.trainer = L.Trainer(accelerator="cpu", devices=1, accumulate_grad_batches=3, logger=False)
     with pytest.raises(DataError, match="8 x 1 x 1 x 3 = 24"):
         dm.setup("fit")
+
+
+def test_knn_shares_have_equal_batch_counts_and_cover_each_image_once(compose_cfg, tmp_path, monkeypatch):
+    """Under 2 processes, 13 bank images split 7 + 6: the short share is padded to as many
+    batches (an FSDP2 forward is a collective), and only the real rows are kept."""
+    from ssl_zoo import distributed
+
+    make_tree(tmp_path / "train", n=12)  # + 1 below
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "train" / "ant" / "extra.png")
+    make_tree(tmp_path / "val", n=3)
+    cfg = compose_cfg(["data=imagefolder", f"data.root={tmp_path / 'train'}", f"data.knn_train_root={tmp_path / 'train'}",
+                       f"data.knn_val_root={tmp_path / 'val'}", *SMALL, "+data.knn_batch_size=2"])
+    dm = _datamodule(cfg)
+    dm.setup("fit")
+    assert len(dm.knn_train) == 13
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        bank, _ = dm.knn_dataloaders()
+        shares.append((len(bank), bank.dataset.num_real, list(bank.dataset.indices)))
+    assert shares[0][0] == shares[1][0] == 4  # 7 rows in batches of 2, both processes
+    assert [s[1] for s in shares] == [7, 6]
+    real = shares[0][2][:7] + shares[1][2][:6]
+    assert sorted(real) == list(range(13))

@@ -89,7 +89,9 @@ class KNNEvaluator(L.Callback):
                 feats.append(backbone(images.to(device))["cls"].float())
                 labels.append(torch.as_tensor(targets).to(device))
         pl_module.train(was_training)
-        return distributed.all_gather_cat(torch.cat(feats)), distributed.all_gather_cat(torch.cat(labels))
+        real = getattr(loader.dataset, "num_real", None)  # rows past it pad this process's share
+        feats, labels = torch.cat(feats)[:real], torch.cat(labels)[:real]
+        return distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)
 
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str, raw: bool = False):
         datamodule = trainer.datamodule

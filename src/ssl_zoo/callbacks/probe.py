@@ -134,11 +134,13 @@ class OnlineLinearProbe(L.Callback):
         rng_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=rng_devices), trainer.precision_plugin.forward_context():
             _, query_loader = trainer.datamodule.knn_dataloaders()
+            left = getattr(query_loader.dataset, "num_real", len(query_loader.dataset))  # then padding
             for images, targets in query_loader:
                 features = pl_module.eval_backbone(images.to(device))["cls"].float()
-                predictions = self.head(features).argmax(dim=1)
-                correct += (predictions == torch.as_tensor(targets).to(device)).sum()
+                predictions = self.head(features).argmax(dim=1)[:left]
+                correct += (predictions == torch.as_tensor(targets).to(device)[:left]).sum()
                 total += predictions.numel()
+                left -= predictions.numel()
         pl_module.train(was_training)
         self.head.train()
         counts = distributed.all_reduce_sum(torch.stack((correct, total, self._correct, self._seen)))

@@ -185,12 +185,21 @@ class SSLDataModule(L.LightningDataModule):
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
         """Memory-bank and query loaders over this process's share of each split
-        (every world_size-th image), for ``ssl_zoo.callbacks.knn`` to gather."""
+        (every world_size-th image), for ``ssl_zoo.callbacks.knn`` to gather.
+
+        Every process gets the same number of batches: a sharded (FSDP2) backbone's
+        forward is a collective, so a process with one batch more would wait forever. A
+        shorter share is padded by repeating its last image; ``loader.dataset.num_real``
+        says how many leading rows are real (the callback drops the rest)."""
         self.setup()
         shards = []
+        world = distributed.world_size()
         for dataset in (self.knn_train, self.knn_val):
-            indices = range(distributed.rank(), len(dataset), distributed.world_size())
-            shards.append(self._loader(torch.utils.data.Subset(dataset, indices), self.knn_batch_size, train=False))
+            indices = list(range(distributed.rank(), len(dataset), world))
+            share = -(-len(dataset) // world)
+            subset = torch.utils.data.Subset(dataset, indices + indices[-1:] * (share - len(indices)))
+            subset.num_real = len(indices)
+            shards.append(self._loader(subset, self.knn_batch_size, train=False))
         return shards[0], shards[1]
 
     def num_classes(self) -> int:
