@@ -23,6 +23,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.health import HealthMonitor
@@ -32,8 +33,7 @@ from ssl_zoo.callbacks.resume import ResumeState, say
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.checkpoints import check_resumable, newest_checkpoint
 from ssl_zoo.data.collate import MultiCropCollate
-from ssl_zoo.data.datamodule import check_batch_sizes
-from ssl_zoo.data.masking import BlockMaskGenerator
+from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
 from ssl_zoo.sharding import check_shardable
@@ -45,6 +45,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """instantiate(node) with constructor errors reported as ConfigError naming ``key``."""
     try:
         return instantiate(node, **kwargs)
+    except InterpolationResolutionError as err:  # a resolver's own message (config.py), not OmegaConf's
+        raise ConfigError(str(err.__cause__ or err).split("\n")[0]) from err
     except InstantiationException as err:
         cause = err.__cause__ or err
         if isinstance(cause, UserError):
@@ -55,27 +57,20 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def _build_collate(cfg: DictConfig, backbone, method) -> MultiCropCollate:
-    masking = cfg.augmentation.get("masking")
-    if masking is None:
-        if getattr(method, "uses_masks", False):
-            raise ConfigError(
-                f"method {_target_name(cfg.method)} with backbone={backbone.model_name} masks patch tokens "
-                "(iBOT) but augmentation.masking is null: remove that override, or set method.ibot_weight=0"
-            )
-        return MultiCropCollate()
-    if not backbone.has_patch_tokens:
+    collate = build(cfg.augmentation.collate, "augmentation.collate")
+    if getattr(method, "uses_masks", False) and collate.mask_generator is None:
         raise ConfigError(
-            f"augmentation.masking draws iBOT masks, but backbone={backbone.model_name} has no patch "
-            "tokens: choose a ViT backbone (e.g. backbone=vit_tiny), or for DINOv2 on a CNN set "
-            "augmentation.masking=null method.ibot_weight=0"
+            f"method {_target_name(cfg.method)} with backbone={backbone.model_name} masks patch tokens "
+            "(iBOT) but augmentation.masking is null: remove that override, or set method.ibot_weight=0"
         )
-    grid = cfg.augmentation.transform.global_size // backbone.patch_size
-    generator = BlockMaskGenerator(grid, **OmegaConf.to_container(masking.generator, resolve=True))
-    return MultiCropCollate(
-        generator,
-        mask_ratio_min_max=tuple(masking.ratio_min_max),
-        mask_probability=masking.probability,
-    )
+    if collate.mask_generator is not None and backbone.patch_size:
+        grid = cfg.augmentation.transform.global_size // backbone.patch_size
+        if tuple(collate.mask_generator.grid_size) != (grid, grid):
+            raise ConfigError(
+                f"augmentation.masking.generator.grid_size={collate.mask_generator.grid_size} but the global crops "
+                f"have {grid}x{grid} patches of backbone={backbone.model_name}: leave grid_size to its default"
+            )
+    return collate
 
 
 def _check_crop_sizes(cfg: DictConfig, backbone) -> None:
@@ -104,7 +99,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(str(err)) from err
     _check_crop_sizes(cfg, backbone)
     datamodule = build(
-        cfg.data,
+        constructor_config(cfg.data),
         "data",
         train_transform=build(transform_cfg, "augmentation.transform"),
         eval_transform=build(cfg.augmentation.eval_transform, "augmentation.eval_transform"),

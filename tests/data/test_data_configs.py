@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from ssl_zoo.data.datamodule import SSLDataModule, check_batch_sizes
+from ssl_zoo.data.datamodule import SSLDataModule, check_batch_sizes, constructor_config
 from ssl_zoo.data.images import DataError
 from ssl_zoo.data.sampling import EpochSampler
 from ssl_zoo.data.shards import ShardDataset, write_shards
@@ -26,7 +26,7 @@ SMALL = ["data.image_size=16", "data.local_image_size=8", "data.batch_size=4", "
 
 def _datamodule(cfg) -> SSLDataModule:
     transform = MultiCropTransform(global_size=16, local_size=8, n_local=2)
-    return instantiate(cfg.data, train_transform=transform, eval_transform=EvalTransform(16), collate=None)
+    return instantiate(constructor_config(cfg.data), train_transform=transform, eval_transform=EvalTransform(16), collate=None)
 
 
 def test_imagefolder_config_with_and_without_knn(compose_cfg, tmp_path):

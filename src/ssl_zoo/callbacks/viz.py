@@ -81,7 +81,8 @@ class Visualizer(L.Callback):
             return None
         datamodule = trainer.datamodule
         path = Path(trainer.default_root_dir) / self.dirname / f"step_{step:06d}.png"
-        draw_rows(path, denormalize(images, datamodule.mean, datamodule.std), result["attention"], result["pca"])
+        colours = datamodule.eval_transform  # the normalisation the images went through
+        draw_rows(path, denormalize(images, colours.mean, colours.std), result["attention"], result["pca"])
         self.paths.append(path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ssl_zoo import distributed
@@ -44,9 +45,11 @@ class SSLDataModule(L.LightningDataModule):
     knn_batch_size: images per feature-extraction batch.
     seed: the order of the samples and their augmentations derive from it (set by
         ``ssl_zoo.train`` from the run's ``seed``).
-    image_size, local_image_size, mean, std, eval_crop_fraction: the geometry and
-        colour statistics of this dataset, read by the augmentation configs
-        (``${data.image_size}``); global/local crop sizes default to these.
+
+    A data config also holds values that other groups interpolate and no constructor
+    takes (``image_size``, ``mean``, ``std``, ... read by the augmentation as
+    ``${data.image_size}``; ``root`` read by its datasets): :func:`constructor_config`
+    leaves them out.
     """
 
     def __init__(
@@ -61,14 +64,8 @@ class SSLDataModule(L.LightningDataModule):
         collate: Callable | None = None,
         knn_batch_size: int = 256,
         pin_memory: bool = False,
-        image_size: int = 224,
-        local_image_size: int = 96,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        eval_crop_fraction: float = 0.875,
         global_batch_size: int | None = None,
         seed: int = 0,
-        **dataset_keys: Any,
     ) -> None:
         super().__init__()
         if not _is_int(batch_size) or batch_size < 1:
@@ -89,17 +86,12 @@ class SSLDataModule(L.LightningDataModule):
         self.knn_val_factory = knn_val_set
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
-        self.dataset_keys = dict(dataset_keys)
         self.num_workers = num_workers
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.collate = collate
         self.knn_batch_size = knn_batch_size
         self.pin_memory = pin_memory
-        self.image_size = image_size
-        self.local_image_size = local_image_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.eval_crop_fraction = eval_crop_fraction
         self.train_set: Dataset | None = None
         self.knn_train: Dataset | None = None
         self.knn_val: Dataset | None = None
@@ -208,6 +200,19 @@ class SSLDataModule(L.LightningDataModule):
         if classes is None:
             raise ValueError("the kNN memory-bank dataset must expose `classes`")
         return len(classes)
+
+
+def constructor_config(node: DictConfig) -> DictConfig:
+    """The data config with its interpolations resolved and only the keys that
+    :class:`SSLDataModule` (its ``_target_``) takes: the values kept for other groups to
+    interpolate stay in the run config, not in the datamodule."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    resolved = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    accepted = set(inspect.signature(get_class(resolved._target_)).parameters)
+    return OmegaConf.create({k: v for k, v in resolved.items() if k.startswith("_") or k in accepted})
 
 
 def _show(classes) -> str:
