@@ -16,17 +16,16 @@ fused BatchNorm kernel. Eval mode (running statistics) and one process are plain
 BatchNorm, bitwise.
 
 Use :func:`convert_sync_batchnorm` on a model (e.g. in an FSDP2 ``configure_model``,
-where Lightning ignores layer-sync plugins), or :class:`SyncBatchNormLayerSync` as a
-Lightning plugin (``ssl_zoo.train`` passes it for ``trainer.sync_batchnorm=true`` on
-anything but CUDA GPUs, where torch's fused SyncBatchNorm is used).
+where Lightning ignores layer-sync plugins), or the Lightning plugin
+``ssl_zoo.layer_sync.SyncBatchNormLayerSync`` (``ssl_zoo.train`` passes it for
+``trainer.sync_batchnorm=true`` on anything but CUDA GPUs, where torch's fused
+SyncBatchNorm is used). Plain torch, like the rest of models/: no Lightning import.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.plugins import LayerSync
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -208,25 +207,3 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
         return _swap(m, new)
 
     return _replace(module, revert, {})
-
-
-class SyncBatchNormLayerSync(LayerSync):
-    """Lightning plugin: ``Trainer(plugins=[SyncBatchNormLayerSync()])`` converts the
-    model's BatchNorm layers to :class:`SyncBatchNorm` when fitting under a multi-process
-    strategy (DDP) and reverts them at teardown. Not with ``sync_batchnorm=True`` (that is
-    torch's SyncBatchNorm; Lightning allows one layer-sync plugin)."""
-
-    def __init__(self, process_group: dist.ProcessGroup | None = None) -> None:
-        self.process_group = process_group
-
-    def apply(self, model: nn.Module) -> nn.Module:
-        model = convert_sync_batchnorm(model, self.process_group)
-        count = sum(isinstance(m, SyncBatchNorm) for m in model.modules())
-        rank_zero_info(
-            f"sync_batchnorm: {count} BatchNorm layers normalise with the statistics of all "
-            f"{distributed.world_size()} processes (ssl_zoo SyncBatchNorm, any device)"
-        )
-        return model
-
-    def revert(self, model: nn.Module) -> nn.Module:
-        return revert_sync_batchnorm(model)
