@@ -38,6 +38,25 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum_autograd(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum ``tensor`` over the processes of ``group`` (default: all), out of place and
+    differentiable: the backward all-reduces the gradient, i.e. each process receives the
+    gradient of the sum of every process's loss, which is what DDP then averages. Every
+    process must run the backward through it (as DDP does); the identity without a
+    process group. Used by ssl_zoo.models.sync_batchnorm for the cross-process batch
+    statistics.
+
+    torch's functional collective, not ``torch.distributed.nn.functional.all_reduce``
+    (deprecated in torch 2.14); both work on gloo (CPU) and nccl."""
+    if not is_distributed():
+        return tensor
+    from torch.distributed import _functional_collectives as funcol
+
+    reduced = funcol.all_reduce(tensor, "sum", group if group is not None else dist.group.WORLD)
+    # The result may be an async handle: wait here, so that callers get a plain tensor.
+    return funcol.wait_tensor(reduced)
+
+
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate along dim 0 the tensors of all processes (sizes may differ per rank)."""
     if not is_distributed():

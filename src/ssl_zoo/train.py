@@ -8,6 +8,7 @@ summary.json, a stable contract for scripts.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from ssl_zoo.callbacks.curve import LearningCurve
@@ -108,9 +109,27 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     )
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node is not None]
     logger = build(cfg.logger, "logger") if cfg.get("logger") is not None else False
-    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+    trainer = build(sync_batchnorm_on_any_device(cfg.trainer), "trainer", callbacks=callbacks, logger=logger)
     check_shardable(trainer.strategy, method)
     return {"method": method, "datamodule": datamodule, "trainer": trainer, "callbacks": callbacks}
+
+
+def sync_batchnorm_on_any_device(trainer_cfg: DictConfig) -> DictConfig:
+    """``trainer.sync_batchnorm=true`` on any accelerator: torch's SyncBatchNorm (the
+    Trainer flag) runs on CUDA only, so anywhere else (CPU + gloo, the tested path) the
+    trainer gets ssl_zoo's SyncBatchNorm plugin instead. Both normalise with the statistics
+    of the global batch; only the kernel differs. Returns a copy, ``trainer_cfg`` is kept."""
+    if not trainer_cfg.get("sync_batchnorm", False):
+        return trainer_cfg
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return trainer_cfg
+    node = copy.deepcopy(trainer_cfg)  # keeps its parent: interpolations still resolve
+    with open_dict(node):
+        node.sync_batchnorm = False  # Lightning refuses the flag together with another LayerSync
+        plugins = list(node.get("plugins") or [])
+        node.plugins = [*plugins, {"_target_": "ssl_zoo.layer_sync.SyncBatchNormLayerSync"}]
+    return node
 
 
 def check_run_length(datamodule, trainer: L.Trainer) -> None:
