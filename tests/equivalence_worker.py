@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ssl_zoo import distributed  # noqa: E402
 from ssl_zoo.config import compose_config  # noqa: E402
 from ssl_zoo.data.masking import sample_masks  # noqa: E402
+from ssl_zoo.layer_sync import SyncBatchNormLayerSync  # noqa: E402
 from ssl_zoo.sharding import FSDP2Strategy  # noqa: E402
 from ssl_zoo.train import _build_collate, build  # noqa: E402
 
@@ -42,9 +43,10 @@ def global_batches(cfg, backbone, method) -> list[dict]:
     collate = _build_collate(cfg, backbone, method)
     batches = []
     for _ in range(STEPS):
+        n_local = cfg.augmentation.transform.n_local
         batch = {
             "global_crops": torch.randn(2 * GLOBAL_BATCH, 3, size, size, generator=generator),
-            "local_crops": torch.randn(2 * GLOBAL_BATCH, 3, local, local, generator=generator),
+            "local_crops": torch.randn(n_local * GLOBAL_BATCH, 3, local, local, generator=generator) if n_local else None,
             "labels": torch.randint(0, 10, (GLOBAL_BATCH,), generator=generator),
         }
         if collate.mask_generator is not None:  # the collate's generator and ratios, global batch
@@ -61,7 +63,9 @@ def rank_slice(batch: dict, rank: int, world: int) -> dict:
     per = GLOBAL_BATCH // world
     keep = lambda t, views: torch.cat([t[v * GLOBAL_BATCH + rank * per: v * GLOBAL_BATCH + (rank + 1) * per]  # noqa: E731
                                        for v in range(views)])
-    out = {"global_crops": keep(batch["global_crops"], 2), "local_crops": keep(batch["local_crops"], 2),
+    local = batch["local_crops"]
+    out = {"global_crops": keep(batch["global_crops"], 2),
+           "local_crops": None if local is None else keep(local, local.shape[0] // GLOBAL_BATCH),
            "labels": batch["labels"][rank * per:(rank + 1) * per]}
     if "masks" in batch:
         out["masks"], out["mask_weights"] = keep(batch["masks"], 2), keep(batch["mask_weights"], 2)
@@ -105,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sync-batchnorm", action="store_true")
+    parser.add_argument("--sync-batchnorm", action="store_true", help="BatchNorm over all processes")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -122,7 +126,7 @@ def main() -> None:
         accelerator="cpu", devices=world, strategy=strategy, max_steps=STEPS, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[record], use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
-        sync_batchnorm=args.sync_batchnorm and world > 1, log_every_n_steps=1,
+        plugins=[SyncBatchNormLayerSync()] if args.sync_batchnorm and world > 1 else None, log_every_n_steps=1,
     )
     # Lightning starts the processes (under torchrun, the ranks are torchrun's); the
     # batches are sliced once the rank is known, in the datamodule's dataloader.

@@ -26,10 +26,21 @@ from tests.conftest import REPO_ROOT
 WORKER = REPO_ROOT / "tests" / "equivalence_worker.py"
 TINY = ["backbone.depth=2", "+backbone.embed_dim=64", "+backbone.num_heads=2", "data.image_size=32",
         "data.local_image_size=16", "method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64"]
+CNN = ["data.image_size=32", "data.local_image_size=16"]
+# BatchNorm runs (--sync-batchnorm) train with SGD: a bias right before a BatchNorm has a
+# zero gradient in exact arithmetic (the normalisation removes it), and AdamW's
+# normalisation turns its round-off gradient into full-size steps of either sign; SGD
+# keeps round-off at round-off.
 METHODS = {
     # DINOv2's KoLeo is per process: 0 here, its own test below.
-    "dinov2": ["method=dinov2", "backbone=vit_tiny", *TINY, "method.koleo_weight=0"],
-    "dino": ["method=dino", "backbone=vit_tiny", *TINY, "method.head_use_bn=false"],
+    "dinov2": (["method=dinov2", "backbone=vit_tiny", *TINY, "method.koleo_weight=0"], ()),
+    "dino": (["method=dino", "backbone=vit_tiny", *TINY, "method.head_use_bn=false"], ()),
+    # resnet10t and the BatchNorm head (the default DINO), BatchNorm synchronised
+    "dino_batchnorm": (["method=dino", *CNN, "method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64",
+                        "method.optimizer=sgd", "method.base_lr=0.1"], ("--sync-batchnorm",)),
+    # BYOL's projector and predictor have BatchNorm too
+    "byol": (["method=byol", *CNN, "method.projector_hidden_dim=128", "method.predictor_hidden_dim=128",
+              "method.optimizer=sgd", "method.base_lr=0.1"], ("--sync-batchnorm",)),
 }
 STRATEGIES = ("ddp", "fsdp")
 
@@ -59,7 +70,7 @@ _SINGLE: dict[str, dict] = {}
 def single_process(method: str, tmp_path_factory) -> dict:
     if method not in _SINGLE:
         out = tmp_path_factory.mktemp(f"single_{method}") / "single.pt"
-        _SINGLE[method] = run_worker("single", METHODS[method], out)
+        _SINGLE[method] = run_worker("single", *METHODS[method][:1], out)
     return _SINGLE[method]
 
 
@@ -93,7 +104,8 @@ def assert_same_run(expected: dict, actual: dict, label: str) -> None:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_two_processes_equal_one(method, strategy, tmp_path, tmp_path_factory):
     expected = single_process(method, tmp_path_factory)
-    actual = run_worker(strategy, METHODS[method], tmp_path / f"{strategy}.pt")
+    overrides, extra = METHODS[method]
+    actual = run_worker(strategy, overrides, tmp_path / f"{strategy}.pt", extra)
     # the run trained: parameters moved from their initial values in 3 steps
     assert len(expected["losses"]) == 3
     assert_same_run(expected, actual, f"{method} under {strategy}")
@@ -108,7 +120,7 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
     from ssl_zoo.train import build
     from tests.equivalence_worker import GLOBAL_BATCH, global_batches, rank_slice
 
-    overrides = [o for o in METHODS["dinov2"] if not o.startswith("method.koleo_weight")] + ["method.koleo_weight=0.1"]
+    overrides = [o for o in METHODS["dinov2"][0] if not o.startswith("method.koleo_weight")] + ["method.koleo_weight=0.1"]
     actual = run_worker("ddp", overrides, tmp_path / "ddp.pt")
 
     def koleo_of(batch: dict) -> float:
