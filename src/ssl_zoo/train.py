@@ -35,6 +35,7 @@ from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
 from ssl_zoo.errors import ConfigError, UserError
+from ssl_zoo.precision import check_precision
 from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
 
 log = logging.getLogger("ssl_zoo")
@@ -221,6 +222,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     _silence_expected_warnings()
     check_environment(cfg)
+    precision = check_precision(cfg)  # before the build: Lightning reads the resolved value
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     parts = build_all(cfg)
@@ -264,6 +266,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "probe_top1_end": probe.last_top1 if probe else None,
         "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
+        "precision": precision,
         "steps": trainer.global_step,
         # Why the run ended before its planned length (null: it ran to the end).
         "stop_reason": health.stop_reason if health else None,
