@@ -31,6 +31,7 @@ from ssl_zoo.callbacks.probe import OnlineLinearProbe
 from ssl_zoo.callbacks.resume import ResumeState, say
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.checkpoints import check_resumable, newest_checkpoint
+from ssl_zoo.cluster import check_launch
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes
 from ssl_zoo.data.masking import BlockMaskGenerator
@@ -222,6 +223,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     _silence_expected_warnings()
     check_environment(cfg)
+    check_launch()  # torchrun / srun processes need one run directory
     precision = check_precision(cfg)  # before the build: Lightning reads the resolved value
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
