@@ -56,11 +56,19 @@ def cluster_environment(auto_requeue: bool = True, requeue_signal: str = "SIGUSR
 
 
 def requeue_signal(trainer: Any) -> signal.Signals | None:
-    """The signal on which this run should requeue its SLURM job (None: no auto-requeue)."""
+    """The signal on which this run should requeue its SLURM job (None: no auto-requeue).
+
+    Jobs submitted by submitit (``hydra/launcher=slurm``) are warned with submitit's signal
+    (SIGUSR2: ``#SBATCH --signal=USR2@<signal_delay_s>``), whatever the trainer's preset says.
+    """
     environment = getattr(getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
-    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-        return environment.requeue_signal
-    return None
+    if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
+        return None
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        return signal.Signals[f"SIG{SlurmJobEnvironment.USR_SIG}"]
+    return environment.requeue_signal
 
 
 def requeue_slurm_job() -> str:
@@ -95,12 +103,15 @@ def check_launch() -> None:
     if launcher is None:
         return
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     try:
-        given = HydraConfig.get().overrides
-        overrides = [*given.hydra, *given.task]
+        hydra_cfg = HydraConfig.get()
     except ValueError:  # train() called outside a Hydra job: the caller chose the directory
         return
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return  # a sweep's job directories were fixed when the sweep was launched
+    overrides = [*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task]
     if not any(o.split("=", 1)[0].lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") for o in overrides):
         example = "outputs/$SLURM_JOB_ID" if launcher == "srun" else "outputs/<run name>"
         raise ConfigError(
