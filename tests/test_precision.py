@@ -48,7 +48,7 @@ def test_cpu_with_bf16_is_decided_by_the_measurement_once_per_machine(unpinned, 
     calls = _cpu(monkeypatch, {"avx512_bf16"}, measured=speedup)
     choice = auto_choice("cpu")
     assert choice.precision == expected
-    assert f"ran {speedup:.2f}x as fast as fp32" in choice.reason and str(unpinned) in choice.reason
+    assert f"bf16 autocast ran {speedup:.2f}x as fast as fp32" in choice.reason and str(unpinned) in choice.reason
     entries = json.loads(unpinned.read_text())
     (key,) = entries
     assert key.startswith("Test CPU 9000 | torch ") and torch.__version__ in key
