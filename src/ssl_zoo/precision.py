@@ -46,7 +46,7 @@ RESOLVER = "fastest_precision"
 # bf16 must win by a margin: a close call flips with the machine's load between measurements
 # (and two processes measuring at once must not choose differently).
 MIN_SPEEDUP = 1.2
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86; "bf16": Arm (ARMv8.6 Features)
 ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 
 
