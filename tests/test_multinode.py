@@ -63,6 +63,18 @@ def test_two_nodes_with_torchrun_then_resume_in_one_process(tmp_path):
     assert "on 2 process(es), this run has 32 on 1" in result.stderr
 
 
+def test_processes_of_an_external_launcher_need_one_run_directory(tmp_path):
+    # What torchrun sets in each process; the run stops before anything is built.
+    # (in tmp_path: Hydra creates its default run directory before the run starts)
+    result = subprocess.run([sys.executable, "-m", "ssl_zoo.cli", "train", *TINY_DATA, "trainer.max_steps=1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **ENV, "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "test"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ssl-zoo train: error: hydra.run.dir is not set, and under torchrun every process would name its own run "
+        "directory from its start time: give all processes the same one, e.g. hydra.run.dir=outputs/<run name>")
+
+
 def _wait_for(process: subprocess.Popen, path: Path, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():

@@ -109,8 +109,10 @@ def check_launch() -> None:
         hydra_cfg = HydraConfig.get()
     except ValueError:  # train() called outside a Hydra job: the caller chose the directory
         return
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return  # a sweep's job directories were fixed when the sweep was launched
+    if hydra_cfg.mode != RunMode.RUN:
+        # A sweep's job directories were fixed when it was launched; a config composed in
+        # code (ssl_zoo.config.compose_config) was given its directory by the caller.
+        return
     overrides = [*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task]
     if not any(o.split("=", 1)[0].lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") for o in overrides):
         example = "outputs/$SLURM_JOB_ID" if launcher == "srun" else "outputs/<run name>"
