@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast bench bench-data bench-quality lint clean
+.PHONY: install train test test-fast bench bench-data bench-quality bench-precision bench-ddp lint clean
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ bench: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py $(ARGS)
+
+# fp32 vs bf16 on this CPU: GEMMs, a training step, the probe behind the default trainer.precision.
+bench-precision: $(STAMP)
+	$(BIN)/python benchmarks/precision.py $(ARGS)
+
+# images/s of trainer=ddp_cpu (2 processes) against 1 process on the same cores and global batch.
+bench-ddp: $(STAMP)
+	$(BIN)/python benchmarks/ddp_cpu.py $(ARGS)
 
 # Does training learn? kNN curves of real runs (ARGS="--suite default-data" or "--suite cifar10").
 bench-quality: $(STAMP)

@@ -40,6 +40,9 @@ class Case:
     expected: str  # a regex the message must match
     setup: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Stands in for hardware this machine lacks (e.g. a GPU without bf16): (target, value)
+    # pairs for monkeypatch.setattr.
+    patches: list[tuple[str, object]] = field(default_factory=list)
 
 
 def _images(directory: Path, classes=("a", "b"), per_class=4, corrupt=False) -> None:
@@ -135,6 +138,10 @@ def _setup_vit_dcp_ckpt(tmp: Path) -> None:
                directory / "meta.pt")
 
 
+# A pre-Ampere GPU, as torch would report it.
+OLD_GPU = [("torch.cuda.is_available", lambda: True), ("torch.cuda.is_bf16_supported", lambda **_: False),
+           ("torch.cuda.get_device_name", lambda *_: "Tesla V100-SXM2-16GB")]
+
 CASES = {
     # --- configuration ---------------------------------------------------------------------
     "negative-temperature": Case("config", "a teacher temperature <= 0", ["method.teacher_temp=-1"],
@@ -170,6 +177,13 @@ CASES = {
                          r"data\.global_batch_size=48 but .* = 32 x 1 x 1 x 1 = 32"),
     "bad-precision": Case("config", "a precision Lightning does not know", ["trainer.precision=bf17"],
                           r"^trainer: Precision 'bf17' is invalid"),
+    "global-batch-indivisible": Case("config", "a global batch not divisible by the number of processes",
+                                     ["trainer=ddp_cpu", "+data.global_batch_size=63"],
+                                     r"^data\.global_batch_size=63 is not divisible by trainer\.devices x trainer\.num_nodes "
+                                     r"x trainer\.accumulate_grad_batches = 2 x 1 x 1 = 2: set data\.global_batch_size=62 or 64 "
+                                     r"\(data\.batch_size=31 or 32\)"),
+    "precision-64": Case("config", "float64 training", ["trainer.precision=64-true"],
+                         r"^trainer\.precision=64-true: float64 training is not supported"),
     "guard-limit": Case("config", "a negative non-finite step limit", ["callbacks.nonfinite.max_skipped_steps=-1"],
                         r"callbacks\.nonfinite\.max_skipped_steps must be an int >= 0"),
     # --- data ------------------------------------------------------------------------------
@@ -219,6 +233,14 @@ CASES = {
     "init-from-missing": Case("checkpoint", "backbone.init_from to a missing file",
                               ["backbone.init_from={tmp}/weights.pth"], r"backbone\.init_from.*weights\.pth"),
     # --- environment ------------------------------------------------------------------------
+    "precision-fp16-cpu": Case("environment", "fp16 autocast on a CPU", ["trainer.precision=16-mixed"],
+                               r"^trainer\.precision=16-mixed: fp16 autocast does not run on CPUs.*bf16-mixed or 32-true"),
+    "precision-bf16-cpu": Case("environment", "bf16 on a CPU without bf16 support", ["trainer.precision=bf16-mixed"],
+                               r"^trainer\.precision=bf16-mixed: this CPU \(.*\) has no bf16 support.*32-true",
+                               patches=[("ssl_zoo.precision.cpu_has_bf16", lambda: False)]),
+    "precision-bf16-gpu": Case("environment", "bf16 on a GPU without bf16", ["trainer=gpu", "trainer.precision=bf16-mixed"],
+                               r"^trainer\.precision=bf16-mixed: Tesla V100-SXM2-16GB has no bf16 arithmetic.*16-mixed",
+                               patches=OLD_GPU),
     "wandb-online": Case("environment", "W&B online mode without credentials",
                          ["logger=wandb", "logger.offline=false"],
                          r"no W&B credentials were found.*wandb login.*logger\.offline=true",
@@ -240,6 +262,8 @@ def _run(case: Case, tmp: Path, monkeypatch) -> str:
         case.setup(tmp)
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
+    for target, value in case.patches:
+        monkeypatch.setattr(target, value)
     from ssl_zoo.config import compose_config
 
     overrides = [o.replace("{tmp}", str(tmp)) for o in case.overrides]

@@ -38,6 +38,18 @@ if not OmegaConf.has_resolver("patch_grid"):
     OmegaConf.register_new_resolver("patch_grid", patch_grid)
 
 
+def _fastest_precision(accelerator: str = "auto") -> str:
+    # Imported on first use: composing a config (e.g. --help) should not pay for torch.
+    from ssl_zoo.precision import fastest_precision
+
+    return fastest_precision(accelerator)
+
+
+# The trainer presets' default precision: what this hardware runs fastest (ssl_zoo/precision.py).
+if not OmegaConf.has_resolver("fastest_precision"):
+    OmegaConf.register_new_resolver("fastest_precision", _fastest_precision)
+
+
 def compose_config(overrides: list[str], run_dir: Path | str) -> DictConfig:
     """The config `ssl-zoo train <overrides>` would run with, its run dir set to run_dir
     (so `${hydra:runtime.output_dir}` resolves)."""

@@ -33,9 +33,11 @@ from ssl_zoo.callbacks.probe import OnlineLinearProbe
 from ssl_zoo.callbacks.resume import ResumeState, say
 from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.checkpoints import check_resumable, newest_checkpoint
+from ssl_zoo.cluster import check_launch
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
+from ssl_zoo.precision import check_precision
 from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
 from ssl_zoo.sharding import check_shardable
 
@@ -240,6 +242,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     _silence_expected_warnings()
     check_environment(cfg)
+    check_launch()  # torchrun / srun processes need one run directory
+    precision = check_precision(cfg)  # before the build: Lightning reads the resolved value
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     parts = build_all(cfg)
@@ -283,6 +287,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "probe_top1_end": probe.last_top1 if probe else None,
         "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
+        "precision": precision,
         "steps": trainer.global_step,
         # Why the run ended before its planned length (null: it ran to the end).
         "stop_reason": health.stop_reason if health else None,

@@ -13,7 +13,10 @@ Preemption: on SIGTERM or SIGUSR1 (SLURM sends one before killing a job) the run
 ``last.ckpt`` at the next step boundary, stops cleanly (exit code 0) and prints the
 command that resumes it. These handlers replace Lightning's for the duration of training:
 Lightning's SIGTERM handler raises at the next batch without saving, and its SLURM SIGUSR1
-handler saves from inside the signal handler, in the middle of a step.
+handler saves from inside the signal handler, in the middle of a step. What Lightning's
+SLURM handler does besides is kept: when the cluster environment is a ``SLURMEnvironment``
+with ``auto_requeue`` (``trainer=multinode``), its ``requeue_signal`` is handled too and,
+after the checkpoint, rank 0 requeues the job (``ssl_zoo.cluster``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset
 
-from ssl_zoo import distributed
+from ssl_zoo import cluster, distributed
 
 log = logging.getLogger("ssl_zoo")
 
@@ -95,6 +98,7 @@ class ResumeState(L.Callback):
         self.resume_command: str | None = None  # set by ssl_zoo.train: printed when preempted
         self.preempted_at: int | None = None  # the step saved on preemption
         self._received: int | None = None
+        self._requeue_on: signal.Signals | None = None  # SLURM auto-requeue's signal, if any
         self._rng_to_restore: dict[str, Any] | None = None
         self._previous_handlers: dict[int, Any] = {}
 
@@ -136,13 +140,15 @@ class ResumeState(L.Callback):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+        self._requeue_on = cluster.requeue_signal(trainer)
         self._install_handlers()
 
     # --- preemption ---------------------------------------------------------------------
 
     def _install_handlers(self) -> None:
+        signals = [*self.signals, *([self._requeue_on] if self._requeue_on not in (None, *self.signals) else [])]
         try:
-            for signum in self.signals:
+            for signum in signals:
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
         except ValueError:  # not the main thread: no handlers, the default actions stay
             self._previous_handlers.clear()
@@ -154,11 +160,13 @@ class ResumeState(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop.epoch_loop._should_accumulate():
             return  # mid gradient accumulation: not a step boundary
-        received = torch.tensor(0 if self._received is None else int(self._received))
+        # [a signal arrived, the requeue signal arrived]
+        received = torch.tensor([self._received is not None,
+                                 self._received is not None and self._received == self._requeue_on], dtype=torch.int32)
         if distributed.is_distributed():
             # Every rank stops at the same step, even if the signal reached only one.
             received = distributed.all_reduce_sum(received.to(pl_module.device)).cpu()
-        if int(received) == 0:
+        if int(received[0]) == 0:
             return
         step = trainer.global_step
         path = self._last_path(trainer)
@@ -170,7 +178,9 @@ class ResumeState(L.Callback):
         if trainer.is_global_zero:
             name = signal.Signals(self._received).name if self._received else "a signal on another process"
             message = f"preempted ({name}) at step {step}: saved {path}"
-            if self.resume_command:
+            if int(received[1]):
+                message += f"\n{cluster.requeue_slurm_job()} (it continues with resume=auto in the same hydra.run.dir)"
+            elif self.resume_command:
                 message += f"\nResume with:\n  {self.resume_command}"
             say(message)
 

@@ -229,17 +229,22 @@ def check_batch_sizes(datamodule: SSLDataModule, trainer: L.Trainer) -> int:
     actual = datamodule.batch_size * devices * nodes * accumulate
     wanted = getattr(datamodule, "global_batch_size", None)
     if wanted is not None and wanted != actual:
-        per_device = wanted / (devices * nodes * accumulate)
-        hint = (
-            f"set data.batch_size={int(per_device)}"
-            if per_device == int(per_device)
-            else f"no per-device batch gives {wanted} on {devices * nodes} device(s) with "
-            f"accumulate_grad_batches={accumulate}"
-        )
+        shares = devices * nodes * accumulate
+        if wanted % shares:
+            # No per-device batch gives it: name the nearest global batches that divide.
+            lower, upper = wanted - wanted % shares, wanted - wanted % shares + shares
+            options = [g for g in (lower, upper) if g > 0]
+            raise DataError(
+                f"data.global_batch_size={wanted} is not divisible by trainer.devices x trainer.num_nodes x "
+                f"trainer.accumulate_grad_batches = {devices} x {nodes} x {accumulate} = {shares}: set "
+                f"data.global_batch_size={' or '.join(map(str, options))} (data.batch_size="
+                f"{' or '.join(str(g // shares) for g in options)}), or change trainer.devices / "
+                f"trainer.num_nodes / trainer.accumulate_grad_batches, or set data.global_batch_size=null"
+            )
         raise DataError(
             f"data.global_batch_size={wanted} but data.batch_size x devices x num_nodes x "
             f"accumulate_grad_batches = {datamodule.batch_size} x {devices} x {nodes} x "
-            f"{accumulate} = {actual}: {hint}, or change trainer.devices / "
+            f"{accumulate} = {actual}: set data.batch_size={wanted // shares}, or change trainer.devices / "
             f"trainer.accumulate_grad_batches, or set data.global_batch_size=null"
         )
     return actual
