@@ -1,5 +1,6 @@
-"""Images/s of 2 DDP processes (trainer=ddp_cpu, gloo) against 1 process on the same cores
-and the same global batch, through the real CLI.
+"""Images/s of 2 DDP processes (trainer=ddp_cpu, gloo) and 2 FSDP2 processes
+(trainer=fsdp_cpu) against 1 process on the same cores and the same global batch, through
+the real CLI.
 
     python benchmarks/ddp_cpu.py            (writes its section of docs/benchmarks.md)
 
@@ -29,7 +30,8 @@ BEGIN, END = "<!-- ddp_cpu:begin -->", "<!-- ddp_cpu:end -->"
 
 COMMON = ["logger=csv", "callbacks.knn=null", "callbacks.curve=null", "callbacks.progress=null",
           "callbacks.checkpoint=null", "data.train_set.num_images=4096"]
-SETUPS = {"1 process": ["trainer=cpu"], "2 processes (DDP, gloo)": ["trainer=ddp_cpu"]}
+SETUPS = {"1 process": ["trainer=cpu"], "2 processes (DDP, gloo)": ["trainer=ddp_cpu"],
+          "2 processes (FSDP2, gloo)": ["trainer=fsdp_cpu"]}
 
 
 def run(setup: list[str], global_batch: int, processes: int, steps: int, extra: list[str]) -> float:
@@ -55,14 +57,14 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in SETUPS}
     for _ in range(args.repeats):
         for name, setup in SETUPS.items():
-            processes = 2 if "ddp" in setup[0] else 1
+            processes = 1 if setup == ["trainer=cpu"] else 2
             rates[name].append(run(setup, args.global_batch, processes, args.steps, args.overrides))
             print(f"{name}: {rates[name][-1]:.1f} images/s", flush=True)
     load_after = os.getloadavg()[0]
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     single = statistics.median(rates["1 process"])
     lines = [
-        "## DDP on CPU: 2 processes against 1 (`python benchmarks/ddp_cpu.py`)",
+        "## DDP and FSDP2 on CPU: 2 processes against 1 (`python benchmarks/ddp_cpu.py`)",
         "",
         f"The default run (DINO, resnet10t, texels 32 px, 2 global + 2 local crops"
         f"{', ' + ' '.join(args.overrides) if args.overrides else ''}), global batch {args.global_batch} "
@@ -78,8 +80,9 @@ def main() -> None:
         f"Measured {datetime.date.today()} on {cpu_facts()}, torch {torch.__version__}; 1-min load average "
         f"{load_before:.1f} before and {load_after:.1f} after (`{uptime}`): the 2 cores are shared with other "
         "work, so the figures move between runs. On 2 cores DDP cannot add compute: it splits the same cores "
-        "between 2 processes and adds a gradient all-reduce (gloo) per step; the preset exists to test the "
-        "multi-process code path, not to be faster here.",
+        "between 2 processes and adds a gradient all-reduce (gloo) per step; FSDP2 adds an all-gather per "
+        "sharded unit in forward and backward and a reduce-scatter of the gradients. The presets exist to "
+        "test the multi-process code paths, not to be faster here.",
     ]
     write_section(args.output, BEGIN, END, "\n".join(lines))
     print(f"wrote {args.output}")
