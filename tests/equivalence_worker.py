@@ -1,20 +1,22 @@
 """One process of a distributed-equivalence run (tests/test_distributed_equivalence.py).
 
-    python tests/equivalence_worker.py --strategy single --out a.pt -- method=dino ...
-    torchrun --nproc-per-node 2 tests/equivalence_worker.py --strategy ddp|fsdp --out b.pt -- ...
+    python tests/equivalence_worker.py --strategy single --cases cases.json --out a.pt
+    torchrun --nproc-per-node 2 tests/equivalence_worker.py --strategy ddp|fsdp --cases cases.json --out b.pt
 
-The method comes from the real config composition (``compose_config`` + the overrides
-after ``--``). Every run sees the same global batches: 2 global + 2 local crops of
+cases.json: {name: {"overrides": [...], "sync_batchnorm": bool}}, run one after the other.
+Each method comes from the real config composition (``compose_config`` + its overrides). Every run sees the same global batches: 2 global + 2 local crops of
 ``GLOBAL_BATCH`` images per step, drawn from a fixed seed, with iBOT masks from the real
 collate's mask generator for the whole global batch; process r of N takes images
 [r * B/N, (r + 1) * B/N) of every view (and their masks). Lightning fits 3 optimizer steps.
-Rank 0 writes {"losses": [mean over processes of each step's loss], "koleo": [the same
-for DINOv2's KoLeo term], "state": the whole (gathered) state dict} to ``--out``.
+Rank 0 writes {name: {"losses": [mean over processes of each step's loss], "koleo": [the
+same for DINOv2's KoLeo term], "state": the whole (gathered) state dict}} to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -105,37 +107,43 @@ def full_state(trainer: L.Trainer, method: torch.nn.Module) -> dict[str, torch.T
     return {k: v.detach().clone() for k, v in method.state_dict().items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--sync-batchnorm", action="store_true", help="BatchNorm over all processes")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-
-    cfg = compose_config(args.overrides, Path(tempfile.mkdtemp()))
+def run_case(strategy_name: str, overrides: list[str], sync_batchnorm: bool) -> dict | None:
+    """One method's 3 steps under one strategy; the result on global rank 0, else None."""
+    cfg = compose_config(overrides, Path(tempfile.mkdtemp()))
     L.seed_everything(cfg.seed, workers=True)
     backbone = build(cfg.backbone, "backbone")
     method = build(cfg.method, "method", backbone=backbone)
     batches = global_batches(cfg, backbone, method)
 
-    world = 1 if args.strategy == "single" else 2
-    strategy = {"single": "auto", "ddp": "ddp", "fsdp": FSDP2Strategy()}[args.strategy]
+    world = 1 if strategy_name == "single" else 2
+    strategy = {"single": "auto", "ddp": "ddp", "fsdp": FSDP2Strategy()}[strategy_name]
     record = Record()
     trainer = L.Trainer(
         accelerator="cpu", devices=world, strategy=strategy, max_steps=STEPS, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[record], use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
-        plugins=[SyncBatchNormLayerSync()] if args.sync_batchnorm and world > 1 else None, log_every_n_steps=1,
+        plugins=[SyncBatchNormLayerSync()] if sync_batchnorm and world > 1 else None, log_every_n_steps=1,
     )
-    # Lightning starts the processes (under torchrun, the ranks are torchrun's); the
-    # batches are sliced once the rank is known, in the datamodule's dataloader.
-    rank = int(__import__("os").environ.get("RANK", 0))
+    # Under torchrun the rank is known before Lightning sets up: slice the batches now.
+    rank = int(os.environ.get("RANK", 0))
     data = FixedBatches([rank_slice(b, rank, world) for b in batches], GLOBAL_BATCH // world)
     trainer.fit(method, datamodule=data)
     state = full_state(trainer, method)
-    if trainer.is_global_zero:
-        torch.save({"losses": record.losses, "koleo": record.koleo, "state": state}, args.out)
+    return {"losses": record.losses, "koleo": record.koleo, "state": state} if trainer.is_global_zero else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", choices=["single", "ddp", "fsdp"], required=True)
+    parser.add_argument("--cases", required=True, help="JSON: {name: {overrides: [...], sync_batchnorm: bool}}")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    # Several methods in one launch: the process start (imports, process group) is paid once.
+    results = {}
+    for name, case in json.loads(Path(args.cases).read_text()).items():
+        results[name] = run_case(args.strategy, case["overrides"], case.get("sync_batchnorm", False))
+    if int(os.environ.get("RANK", 0)) == 0:
+        torch.save(results, args.out)
 
 
 if __name__ == "__main__":

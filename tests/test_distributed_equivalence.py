@@ -12,6 +12,7 @@ instead of against one process.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,6 +24,9 @@ import torch
 
 from tests.conftest import REPO_ROOT
 
+# One xdist worker runs the module: the three launches (1 process, DDP, FSDP2) are shared.
+pytestmark = pytest.mark.xdist_group("distributed_equivalence")
+
 WORKER = REPO_ROOT / "tests" / "equivalence_worker.py"
 TINY = ["backbone.depth=2", "+backbone.embed_dim=64", "+backbone.num_heads=2", "data.image_size=32",
         "data.local_image_size=16", "method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64"]
@@ -33,14 +37,14 @@ CNN = ["data.image_size=32", "data.local_image_size=16"]
 # keeps round-off at round-off.
 METHODS = {
     # DINOv2's KoLeo is per process: 0 here, its own test below.
-    "dinov2": (["method=dinov2", "backbone=vit_tiny", *TINY, "method.koleo_weight=0"], ()),
-    "dino": (["method=dino", "backbone=vit_tiny", *TINY, "method.head_use_bn=false"], ()),
+    "dinov2": (["method=dinov2", "backbone=vit_tiny", *TINY, "method.koleo_weight=0"], False),
+    "dino": (["method=dino", "backbone=vit_tiny", *TINY, "method.head_use_bn=false"], False),
     # resnet10t and the BatchNorm head (the default DINO), BatchNorm synchronised
     "dino_batchnorm": (["method=dino", *CNN, "method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64",
-                        "method.optimizer=sgd", "method.base_lr=0.1"], ("--sync-batchnorm",)),
+                        "method.optimizer=sgd", "method.base_lr=0.1"], True),
     # BYOL's projector and predictor have BatchNorm too
     "byol": (["method=byol", *CNN, "method.projector_hidden_dim=128", "method.predictor_hidden_dim=128",
-              "method.optimizer=sgd", "method.base_lr=0.1"], ("--sync-batchnorm",)),
+              "method.optimizer=sgd", "method.base_lr=0.1"], True),
 }
 STRATEGIES = ("ddp", "fsdp")
 
@@ -51,27 +55,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(strategy: str, overrides: list[str], out: Path, extra: tuple[str, ...] = ()) -> dict:
+def run_worker(strategy: str, cases: dict[str, tuple[list[str], bool]], out: Path) -> dict:
+    """Every case (name -> (overrides, sync_batchnorm)) under ``strategy``, in one launch."""
+    spec = out.with_suffix(".json")
+    spec.write_text(json.dumps({name: {"overrides": o, "sync_batchnorm": sync} for name, (o, sync) in cases.items()}))
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if strategy == "single":
         command = [sys.executable, str(WORKER)]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                    "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(WORKER)]
-    result = subprocess.run([*command, "--strategy", strategy, "--out", str(out), *extra, "--", *overrides],
-                            capture_output=True, text=True, timeout=600, cwd=out.parent, env=env)
+    result = subprocess.run([*command, "--strategy", strategy, "--cases", str(spec), "--out", str(out)],
+                            capture_output=True, text=True, timeout=1200, cwd=out.parent, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(out, weights_only=True)
 
 
-_SINGLE: dict[str, dict] = {}
-
-
-def single_process(method: str, tmp_path_factory) -> dict:
-    if method not in _SINGLE:
-        out = tmp_path_factory.mktemp(f"single_{method}") / "single.pt"
-        _SINGLE[method] = run_worker("single", *METHODS[method][:1], out)
-    return _SINGLE[method]
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, dict]:
+    """strategy -> case -> result: three launches for every method of the module."""
+    directory = tmp_path_factory.mktemp("equivalence")
+    return {strategy: run_worker(strategy, METHODS, directory / f"{strategy}.pt") for strategy in ("single", *STRATEGIES)}
 
 
 def key_bias_slice(name: str, tensor: torch.Tensor) -> torch.Tensor | None:
@@ -102,11 +106,8 @@ def assert_same_run(expected: dict, actual: dict, label: str) -> None:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_two_processes_equal_one(method, strategy, tmp_path, tmp_path_factory):
-    expected = single_process(method, tmp_path_factory)
-    overrides, extra = METHODS[method]
-    actual = run_worker(strategy, overrides, tmp_path / f"{strategy}.pt", extra)
-    # the run trained: parameters moved from their initial values in 3 steps
+def test_two_processes_equal_one(method, strategy, runs):
+    expected, actual = runs["single"][method], runs[strategy][method]
     assert len(expected["losses"]) == 3
     assert_same_run(expected, actual, f"{method} under {strategy}")
 
@@ -121,7 +122,7 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
     from tests.equivalence_worker import GLOBAL_BATCH, global_batches, rank_slice
 
     overrides = [o for o in METHODS["dinov2"][0] if not o.startswith("method.koleo_weight")] + ["method.koleo_weight=0.1"]
-    actual = run_worker("ddp", overrides, tmp_path / "ddp.pt")
+    actual = run_worker("ddp", {"dinov2": (overrides, False)}, tmp_path / "ddp.pt")["dinov2"]
 
     def koleo_of(batch: dict) -> float:
         cfg = compose_config(overrides, tmp_path / "compose")
