@@ -39,6 +39,9 @@ METHODS = {
     # DINOv2's KoLeo is per process: 0 here, its own test below.
     "dinov2": (["method=dinov2", "backbone=vit_tiny", *TINY, "method.koleo_weight=0"], False),
     "dino": (["method=dino", "backbone=vit_tiny", *TINY, "method.head_use_bn=false"], False),
+    # Sinkhorn-Knopp's row and column sums run over the global batch
+    "dino_sinkhorn": (["method=dino", "backbone=vit_tiny", *TINY, "method.head_use_bn=false",
+                       "method.teacher_targets=sinkhorn_knopp"], False),
     # resnet10t and the BatchNorm head (the default DINO), BatchNorm synchronised
     "dino_batchnorm": (["method=dino", *CNN, "method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64",
                         "method.optimizer=sgd", "method.base_lr=0.1"], True),

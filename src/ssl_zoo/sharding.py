@@ -139,7 +139,8 @@ def check_shardable(strategy: Any, method: nn.Module) -> None:
 
 def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
     """``fully_shard`` the method's networks with one policy (see the module docstring)."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.nn.modules.batchnorm import _BatchNorm
 
     from ssl_zoo.models.backbones import Backbone
 
@@ -148,6 +149,14 @@ def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
         strategy._layer_sync.apply(method)
     kwargs = strategy.fully_shard_kwargs()
     networks = [method.student] + ([method.teacher] if method.teacher is not None else [])
+    if strategy.param_dtype not in (None, torch.float32):
+        # BatchNorm stays float32, each layer its own unit (CPU kernels refuse bf16 weights
+        # with fp32 running statistics; statistics in bf16 would lose precision anyway).
+        policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32,
+                                      output_dtype=strategy.param_dtype)
+        for module in [*networks, *method.student_only_modules()]:
+            for layer in [m for m in module.modules() if isinstance(m, _BatchNorm)]:
+                fully_shard(layer, **{**kwargs, "mp_policy": policy})
     for network in networks:
         for module in network.values():
             if isinstance(module, Backbone):

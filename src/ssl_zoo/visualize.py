@@ -95,7 +95,8 @@ def patch_feature_maps(backbone, images: torch.Tensor) -> torch.Tensor:
         grid = _patch_grid(backbone, images)
         patch = backbone(images)["patch"]
         return patch.reshape(patch.shape[0], *grid, patch.shape[-1]).float()
-    maps = backbone.model.forward_features(images)
+    # Called past Backbone.forward, so past FSDP2's cast of the inputs to its compute dtype.
+    maps = backbone.model.forward_features(images.to(next(backbone.model.parameters()).dtype))
     if maps.dim() != 4:
         raise VizError(f"backbone {backbone.model_name}: expected a (B, C, h, w) feature map, got shape {tuple(maps.shape)}")
     return maps.permute(0, 2, 3, 1).float()
