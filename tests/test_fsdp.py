@@ -45,6 +45,14 @@ def test_fsdp_cpu_trains_and_dinov2_resumes_in_one_process_and_exports(method, t
     result = run_cli(["train", "trainer.max_steps=3", *args, f"ckpt_path={checkpoint}", f"hydra.run.dir={resumed_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_summary(resumed_dir)["steps"] == 3
+    # and that one process's file checkpoint continues sharded again
+    file_checkpoint = resumed_dir / "checkpoints" / "last.ckpt"
+    assert file_checkpoint.is_file()
+    again = tmp_path / "sharded_again"
+    result = run_cli(["train", "trainer=fsdp_cpu", "trainer.max_steps=4", *args, f"ckpt_path={file_checkpoint}",
+                      f"hydra.run.dir={again}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_summary(again)["steps"] == 4
 
     # and exports to one safetensors file with the consolidated teacher's weights
     out = tmp_path / "backbone.safetensors"
@@ -59,3 +67,26 @@ def test_fsdp_cpu_trains_and_dinov2_resumes_in_one_process_and_exports(method, t
     for name, tensor in teacher.items():
         assert torch.equal(exported[name], tensor), name
     assert json.loads(out.with_suffix(".json").read_text())["model_name"]
+
+
+def test_a_files_optimizer_state_is_named_by_the_groups_order_not_the_modules():
+    """A file checkpoint numbers AdamW's states in param_groups order; our groups put
+    no-weight-decay tensors apart, an order that differs from named_parameters(). Each
+    name must get its own parameter's moments (a wrong map would only show as training
+    that quietly goes worse after a resume under FSDP2)."""
+    from torch import nn
+
+    from ssl_zoo.sharding import named_optimizer_state
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim == 1]
+    optimizer = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0}, {"params": decay}], lr=0.1)
+    model(torch.randn(5, 3)).square().sum().backward()
+    optimizer.step()
+    named = named_optimizer_state(optimizer.state_dict(), optimizer, model)
+    parameters = dict(model.named_parameters())
+    assert set(named["state"]) == set(parameters)
+    for name, state in named["state"].items():
+        assert torch.equal(state["exp_avg"], optimizer.state[parameters[name]]["exp_avg"]), name
+    assert named["param_groups"][0]["params"] == [n for n, p in parameters.items() if p.ndim == 1]

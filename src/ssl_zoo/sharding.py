@@ -104,13 +104,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         checkpoint = load_checkpoint(path)
         options = StateDictOptions(full_state_dict=True, strict=self.lightning_module.strict_loading)
         set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
-        names = {id(p): name for name, p in self.model.named_parameters()}
         for optimizer, state in zip(self.optimizers, checkpoint.pop("optimizer_states", [])):
-            order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-            named = {
-                "state": {order[int(k)]: v for k, v in state["state"].items()},
-                "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in state["param_groups"]],
-            }
+            named = named_optimizer_state(state, optimizer, self.model)
             set_optimizer_state_dict(self.model, optimizer, named, options=StateDictOptions(full_state_dict=True))
         return checkpoint
 
@@ -120,6 +115,22 @@ class FSDP2Strategy(ModelParallelStrategy):
         policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype or self.param_dtype)
         return {"mesh": self.device_mesh["data_parallel"], "mp_policy": policy,
                 "reshard_after_forward": self.reshard_after_forward}
+
+
+def named_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """``torch.optim`` state (integer ids: the parameters numbered in param_groups order)
+    -> the same state keyed by parameter names, for ``set_optimizer_state_dict``. The
+    numbering is read from ``optimizer``'s own groups, which must be built as the saved
+    ones were (same method and config)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = sum(len(group["params"]) for group in state["param_groups"])
+    if saved != len(order):
+        raise ValueError(f"the checkpoint's optimizer has {saved} parameters, this run's {len(order)}")
+    return {
+        "state": {order[int(k)]: v for k, v in state["state"].items()},
+        "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def check_shardable(strategy: Any, method: nn.Module) -> None:
