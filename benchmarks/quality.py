@@ -139,15 +139,20 @@ def cifar10(args: argparse.Namespace, out: Path) -> None:
         overrides = [f"experiment={prefix}_{method}", f"seed={args.seed}", *args.overrides]
         summary = run(f"{prefix}_{method}", overrides, out)
         stored[method] = {k: summary[k] for k in KEEP} | {"overrides": args.overrides}
+        if summary.get("preempted_at_step") is not None or summary.get("stop_reason"):
+            stored[method]["note"] = f"stopped early at step {summary['steps']}: {summary.get('stop_reason') or 'preempted'}"
         results.write_text(json.dumps(stored, indent=1) + "\n")
     rows, curves = [], {}
     for method, result in stored.items():
         curves[method] = result["knn_history"]
         cpu, ips, load = result.get("cpu_seconds"), result.get("images_per_sec"), result.get("load_mean")
+        last = result["knn_history"][-1]["step"] if result["knn_history"] else result["steps"]
+        end = pct(result["knn_top1_end"]) + ("" if last == result["steps"] else f" (step {last})")
+        note = f" ({result['note']})" if result.get("note") else ""
         rows.append(
-            f"| `experiment={prefix}_{method}` | {result['backbone']} | {result['steps']} | "
+            f"| `experiment={prefix}_{method}`{note} | {result['backbone']} | {result['steps']} | "
             f"{pct(result['knn_top1_raw_pixels'])} | {pct(result['knn_top1_start'])} | "
-            f"{pct(result['knn_top1_end'])} | {result['wall'] / 60:.1f} | "
+            f"{end} | {result['wall'] / 60:.1f} | "
             + (f"{load:.1f} | " if load is not None else "n/a | ")
             + (f"{ips:.0f} | " if ips is not None else "n/a | ")
             + (f"{cpu / 60:.0f} | {cpu / 120:.0f} |" if cpu is not None else "n/a | n/a |")
@@ -159,10 +164,11 @@ def cifar10(args: argparse.Namespace, out: Path) -> None:
         f"images as queries; {budget}. The machine is shared: load is the mean 1-minute load "
         "average while the run trained (2 cores: above 2, other jobs took CPU time from it), "
         "images/s the training throughput under that load, CPU the run's CPU time (main "
-        "process and data workers, kNN passes included); a quiet 2-core machine needs about "
-        "CPU / 2 of wall time (the last column, an estimate).\n\n"
+        "process and data workers, kNN passes included). CPU / 2 would be the wall time of a "
+        "quiet 2-core machine if CPU time did not depend on the load; under contention it grows "
+        "(threads spin while waiting for a core), so that column likely overstates it.\n\n"
         "| preset | backbone | steps | raw pixels | random init | end | wall (min) | load | images/s "
-        "| CPU (min) | quiet wall, est. (min) |\n"
+        "| CPU (min) | CPU / 2 (min) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) + f"\n\n![kNN top-1 against the step](img/{prefix}_quality.png)\n"
     )
