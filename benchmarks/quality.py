@@ -23,6 +23,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import resource
+import threading
 import time
 from pathlib import Path
 
@@ -43,14 +46,39 @@ GENERATORS = {  # data config -> what the class is
 METHODS = ["supervised", "dino", "byol", "dinov2"]
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its reaped children (data workers)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+class LoadSampler(threading.Thread):
+    """The 1-minute load average every 30 s while a run trains (the machine is shared)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(30):
+            self.samples.append(os.getloadavg()[0])
+
+
 def run(tag: str, overrides: list[str], out: Path) -> dict:
     run_dir = out / tag
     run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    load = LoadSampler()
+    load.start()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     summary = train(compose_config([*QUIET, *overrides], run_dir), run_dir)
     summary["wall"] = time.perf_counter() - started
+    summary["cpu_seconds"] = cpu_seconds() - cpu_started
+    load.stop.set()
+    summary["load_mean"] = sum(load.samples) / len(load.samples)
+    summary["load_max"] = max(load.samples)
     print(f"{tag}: {json.dumps({k: summary[k] for k in ('knn_top1_start', 'knn_top1_end', 'knn_top1_raw_pixels')})}"
-          f" in {summary['wall']:.0f} s", flush=True)
+          f" in {summary['wall']:.0f} s ({summary['cpu_seconds']:.0f} CPU-s, load {summary['load_mean']:.1f})", flush=True)
     return summary
 
 
@@ -64,7 +92,8 @@ CIFAR_SUITES = {  # suite -> (preset prefix, results file, budget in words)
     "cifar10-long": ("cifar10_long", ROOT / "docs" / "cifar10_long_quality.json",
                      "each preset's epochs (sized for ~30 minutes on a quiet 2-core machine), batches of 128"),
 }
-KEEP = ("knn_top1_start", "knn_top1_end", "knn_top1_raw_pixels", "knn_history", "steps", "wall", "backbone")
+KEEP = ("knn_top1_start", "knn_top1_end", "knn_top1_raw_pixels", "knn_history", "steps", "wall", "backbone",
+        "images_per_sec", "cpu_seconds", "load_mean", "load_max")
 
 
 def default_data(args: argparse.Namespace, out: Path) -> None:
@@ -110,22 +139,37 @@ def cifar10(args: argparse.Namespace, out: Path) -> None:
         overrides = [f"experiment={prefix}_{method}", f"seed={args.seed}", *args.overrides]
         summary = run(f"{prefix}_{method}", overrides, out)
         stored[method] = {k: summary[k] for k in KEEP} | {"overrides": args.overrides}
+        if summary.get("preempted_at_step") is not None or summary.get("stop_reason"):
+            stored[method]["note"] = f"stopped early at step {summary['steps']}: {summary.get('stop_reason') or 'preempted'}"
         results.write_text(json.dumps(stored, indent=1) + "\n")
     rows, curves = [], {}
     for method, result in stored.items():
         curves[method] = result["knn_history"]
+        cpu, ips, load = result.get("cpu_seconds"), result.get("images_per_sec"), result.get("load_mean")
+        last = result["knn_history"][-1]["step"] if result["knn_history"] else result["steps"]
+        end = pct(result["knn_top1_end"]) + ("" if last == result["steps"] else f" (step {last})")
+        note = f" ({result['note']})" if result.get("note") else ""
         rows.append(
-            f"| `experiment={prefix}_{method}` | {result['backbone']} | {result['steps']} | "
+            f"| `experiment={prefix}_{method}`{note} | {result['backbone']} | {result['steps']} | "
             f"{pct(result['knn_top1_raw_pixels'])} | {pct(result['knn_top1_start'])} | "
-            f"{pct(result['knn_top1_end'])} | {result['wall'] / 60:.1f} |"
+            f"{end} | {result['wall'] / 60:.1f} | "
+            + (f"{load:.1f} | " if load is not None else "n/a | ")
+            + (f"{ips:.0f} | " if ips is not None else "n/a | ")
+            + (f"{cpu / 60:.0f} | {cpu / 120:.0f} |" if cpu is not None else "n/a | n/a |")
         )
     header = (
         f"Measured {datetime.date.today()} on {cpu_facts()}, seed {args.seed}, with "
         f"`python benchmarks/quality.py --suite {args.suite}` (results kept in docs/{results.name}). "
         "kNN top-1 (%), k=200, T=0.1, the 20,000 train images as the bank, the 10,000 val "
-        f"images as queries; {budget}.\n\n"
-        "| preset | backbone | steps | raw pixels | random init | end | wall (min) |\n"
-        "|---|---|---|---|---|---|---|\n"
+        f"images as queries; {budget}. The machine is shared: load is the mean 1-minute load "
+        "average while the run trained (2 cores: above 2, other jobs took CPU time from it), "
+        "images/s the training throughput under that load, CPU the run's CPU time (main "
+        "process and data workers, kNN passes included). CPU / 2 would be the wall time of a "
+        "quiet 2-core machine if CPU time did not depend on the load; under contention it grows "
+        "(threads spin while waiting for a core), so that column likely overstates it.\n\n"
+        "| preset | backbone | steps | raw pixels | random init | end | wall (min) | load | images/s "
+        "| CPU (min) | CPU / 2 (min) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) + f"\n\n![kNN top-1 against the step](img/{prefix}_quality.png)\n"
     )
     plot_curves({"CIFAR-10": curves}, ROOT / "docs" / "img" / f"{prefix}_quality.png")
