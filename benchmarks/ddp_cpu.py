@@ -79,10 +79,13 @@ def main() -> None:
         "",
         f"Measured {datetime.date.today()} on {cpu_facts()}, torch {torch.__version__}; 1-min load average "
         f"{load_before:.1f} before and {load_after:.1f} after (`{uptime}`): the 2 cores are shared with other "
-        "work, so the figures move between runs. On 2 cores DDP cannot add compute: it splits the same cores "
-        "between 2 processes and adds a gradient all-reduce (gloo) per step; FSDP2 adds an all-gather per "
-        "sharded unit in forward and backward and a reduce-scatter of the gradients. The presets exist to "
-        "test the multi-process code paths, not to be faster here.",
+        "work, so the figures move between runs. DDP adds no cores here: it splits the same 2 between 2 "
+        "processes (one intra-op thread each, set by Lightning) and adds a gradient all-reduce (gloo) per "
+        "step; FSDP2 adds an all-gather per sharded unit in forward and backward and a reduce-scatter of the "
+        "gradients. The single process runs 2 intra-op threads, which suffer most when other processes take the "
+        "cores (an OpenMP thread that is descheduled stalls the others at every parallel region): on a loaded "
+        "machine 2 single-threaded processes can be the faster setup; compare on an idle machine before "
+        "concluding more.",
     ]
     write_section(args.output, BEGIN, END, "\n".join(lines))
     print(f"wrote {args.output}")

@@ -181,7 +181,7 @@ CASES = {
                                      ["trainer=ddp_cpu", "+data.global_batch_size=63"],
                                      r"^data\.global_batch_size=63 is not divisible by trainer\.devices x trainer\.num_nodes "
                                      r"x trainer\.accumulate_grad_batches = 2 x 1 x 1 = 2: set data\.global_batch_size=62 or 64 "
-                                     r"\(data\.batch_size=31 or 32\)"),
+                                     r"\(data\.batch_size=31 or 32; now 32 x 2 x 1 x 1 = 64\)"),
     "precision-64": Case("config", "float64 training", ["trainer.precision=64-true"],
                          r"^trainer\.precision=64-true: float64 training is not supported"),
     "guard-limit": Case("config", "a negative non-finite step limit", ["callbacks.nonfinite.max_skipped_steps=-1"],

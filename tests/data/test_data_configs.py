@@ -134,7 +134,8 @@ def test_check_batch_sizes_names_both_keys_and_the_numbers():
     message = str(info.value)
     for text in ("data.global_batch_size=256", "data.batch_size", "32 x 2 x 1 x 1 = 64", "data.batch_size=128"):
         assert text in message
-    with pytest.raises(DataError, match="no per-device batch gives 256"):
+    with pytest.raises(DataError, match=r"data\.global_batch_size=256 is not divisible by .* = 3 x 1 x 1 = 3: set "
+                                        r"data\.global_batch_size=255 or 258 \(data\.batch_size=85 or 86; now 32 x 3 x 1 x 1 = 96\)"):
         check_batch_sizes(dm, _trainer(devices=3))
     free = SSLDataModule(train_set=lambda transform: [0] * 100, batch_size=32)
     assert check_batch_sizes(free, _trainer(devices=2, nodes=2)) == 128

@@ -238,7 +238,8 @@ def check_batch_sizes(datamodule: SSLDataModule, trainer: L.Trainer) -> int:
                 f"data.global_batch_size={wanted} is not divisible by trainer.devices x trainer.num_nodes x "
                 f"trainer.accumulate_grad_batches = {devices} x {nodes} x {accumulate} = {shares}: set "
                 f"data.global_batch_size={' or '.join(map(str, options))} (data.batch_size="
-                f"{' or '.join(str(g // shares) for g in options)}), or change trainer.devices / "
+                f"{' or '.join(str(g // shares) for g in options)}; now {datamodule.batch_size} x {devices} x {nodes} "
+                f"x {accumulate} = {actual}), or change trainer.devices / "
                 f"trainer.num_nodes / trainer.accumulate_grad_batches, or set data.global_batch_size=null"
             )
         raise DataError(
