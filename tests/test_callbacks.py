@@ -78,3 +78,16 @@ def test_curve_draws_from_histories(tmp_path):
     path = draw_learning_curve(tmp_path / "c.png", "t", [(0, 0.3), (50, 0.4), (100, 0.5)], 0.11,
                                "kNN", list(range(1, 101)), [7.0 - 0.01 * i for i in range(100)])
     assert path.stat().st_size > 10_000
+
+
+def test_curve_without_knn_says_so_and_warns_nothing(tmp_path):
+    """callbacks.knn=null: the kNN panel says there was no evaluation (matplotlib warned
+    "No artists with labels found to put in legend" before)."""
+    import warnings
+
+    from ssl_zoo.callbacks.curve import draw_learning_curve
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = draw_learning_curve(tmp_path / "c.png", "t", [], None, "kNN", [1, 2, 3], [7.0, 6.5, 6.4])
+    assert path.stat().st_size > 5_000

@@ -83,7 +83,10 @@ def draw_learning_curve(
     ax_knn.margins(y=0.15)  # room for the labels
     ax_knn.set(xlabel="optimizer step", ylabel="top-1 (%)", title=knn_label)
     ax_knn.grid(alpha=0.3)
-    ax_knn.legend(loc="lower right", fontsize=8)
+    if knn_history or raw_pixel_top1 is not None:
+        ax_knn.legend(loc="lower right", fontsize=8)
+    else:  # the kNN callback is off (or has no labeled data): say so instead of an empty legend
+        ax_knn.text(0.5, 0.5, "no kNN evaluation in this run", ha="center", va="center", transform=ax_knn.transAxes)
     if losses:
         ax_loss.plot(loss_steps, losses, linewidth=0.8, alpha=0.5, label="per step")
         window = max(1, len(losses) // 25)
