@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,13 @@ def run_cli(args: list[str], timeout: int = 600, env: dict | None = None) -> sub
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def wait_for_file(process: subprocess.Popen, path: Path, timeout: float = 900) -> None:
+    """Block until ``process`` writes ``path``; fail if it ends first or takes too long."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before writing {path.name}:\n{process.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.05)
+

@@ -9,13 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, TINY_DATA, TINY_HEAD, read_summary, run_cli
+from tests.conftest import REPO_ROOT, TINY_DATA, TINY_HEAD, read_summary, run_cli, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -75,14 +73,6 @@ def test_processes_of_an_external_launcher_need_one_run_directory(tmp_path):
         "directory from its start time: give all processes the same one, e.g. hydra.run.dir=outputs/<run name>")
 
 
-def _wait_for(process: subprocess.Popen, path: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the run ended before writing {path.name}:\n{process.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
-        time.sleep(0.05)
-
-
 def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes(tmp_path):
     """A one-task SLURM job (its environment variables; `scontrol` a stand-in that records
     its arguments) gets SIGUSR1, as `#SBATCH --signal=USR1@120` sends before the time limit."""
@@ -99,7 +89,7 @@ def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes(tmp_pa
                "callbacks.checkpoint.every_n_train_steps=1", f"hydra.run.dir={run_dir}", "resume=auto"]
     env = {**os.environ, **ENV, **slurm}
     job = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(job, run_dir / "checkpoints" / "step0000002.ckpt")
+    wait_for_file(job, run_dir / "checkpoints" / "step0000002.ckpt")
     job.send_signal(signal.SIGUSR1)
     output = job.communicate(timeout=600)[0]
     assert job.returncode == 0, output[-3000:]

@@ -8,7 +8,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 from ssl_zoo.checkpoints import newest_checkpoint
 from ssl_zoo.data.sampling import EpochSampler
-from tests.conftest import REPO_ROOT, TINY_HEAD, TINY_VIT, run_cli
+from tests.conftest import REPO_ROOT, TINY_HEAD, TINY_VIT, run_cli, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +43,6 @@ def _popen(run_dir: Path, *extra: str) -> subprocess.Popen:
 
 def _step_file(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step{step:07d}.ckpt"
-
-
-def _wait_for(process: subprocess.Popen, path: Path, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the run ended before writing {path.name}:\n{process.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
-        time.sleep(0.05)
 
 
 def _keep_up_to(run_dir: Path, step: int) -> None:
@@ -97,7 +88,7 @@ def test_sigkill_at_three_points_then_resume_auto_is_bitwise_exact(tmp_path, uni
     run_dir = tmp_path / "run"
     for kill_after in (3, 6, 7):
         process = _popen(run_dir, "resume=auto")
-        _wait_for(process, _step_file(run_dir, kill_after))
+        wait_for_file(process, _step_file(run_dir, kill_after))
         process.send_signal(signal.SIGKILL)
         output, _ = process.communicate()
         if kill_after > 3:
@@ -113,7 +104,7 @@ def test_sigkill_at_three_points_then_resume_auto_is_bitwise_exact(tmp_path, uni
 def test_sigterm_saves_stops_cleanly_and_prints_the_resume_command(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     process = _popen(run_dir)
-    _wait_for(process, _step_file(run_dir, 4))
+    wait_for_file(process, _step_file(run_dir, 4))
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-3000:]

@@ -88,7 +88,8 @@ def load_sharded_checkpoint(path: Path, optimizer: bool = False) -> dict[str, An
         checkpoint = _torch_load(path / SHARDED_META)
     except Exception as err:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: {SHARDED_META} cannot be read ({_first_sentence(err)})") from None
-    keys = {"state_dict"} | ({f"optimizer_{i}" for i in range(_count_optimizers(path))} if optimizer else set())
+    optimizers = [f"optimizer_{i}" for i in range(_count_optimizers(path))] if optimizer else []
+    keys = {"state_dict", *optimizers}
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
@@ -100,8 +101,7 @@ def load_sharded_checkpoint(path: Path, optimizer: bool = False) -> dict[str, An
         ) from None
     checkpoint["state_dict"] = tensors["state_dict"]
     if optimizer:
-        checkpoint["optimizer_states"] = [_indexed_optimizer_state(tensors[f"optimizer_{i}"]) for i in
-                                          range(_count_optimizers(path))]
+        checkpoint["optimizer_states"] = [_indexed_optimizer_state(tensors[name]) for name in optimizers]
     return checkpoint
 
 

@@ -81,22 +81,10 @@ def all_gather_objects(obj: object) -> list[object]:
     return gathered
 
 
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum of ``tensor`` over all processes, in place."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This process's part of ``tensor``: the local shard of a DTensor (FSDP2), else the
     tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def is_sharded(tensors) -> bool:
-    """True if any of ``tensors`` is a DTensor (FSDP2-sharded)."""
-    return any(isinstance(t, DTensor) for t in tensors)
 
 
 def full_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -109,8 +97,9 @@ def full_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0)
     squares = torch.stack(torch._foreach_norm([local_tensor(t) for t in tensors])).float().square()
-    sharded = torch.tensor([isinstance(t, DTensor) for t in tensors], device=squares.device)
-    if not bool(sharded.any()):
+    flags = [isinstance(t, DTensor) for t in tensors]  # decided on the host: no device sync
+    if not any(flags):
         return squares.sqrt()
+    sharded = torch.tensor(flags, device=squares.device)
     summed = all_reduce_sum(torch.where(sharded, squares, torch.zeros_like(squares)))
     return torch.where(sharded, summed, squares).sqrt()

@@ -182,10 +182,11 @@ def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
 
 
 @contextmanager
-def gathered(module: nn.Module) -> Iterator[None]:
+def gathered(module: nn.Module, reshard_after_forward: bool = True) -> Iterator[None]:
     """Whole (unsharded) parameters in every FSDP2 unit of ``module`` for the duration,
     for code that calls a network's parts outside its forward (attention maps). A
-    collective: every process must enter. No-op for an unsharded module."""
+    collective: every process must enter. No-op for an unsharded module.
+    ``reshard_after_forward``: the strategy's setting, restored on exit."""
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in module.modules() if isinstance(m, FSDPModule)]
@@ -200,4 +201,4 @@ def gathered(module: nn.Module) -> Iterator[None]:
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(True)
+            unit.set_reshard_after_forward(reshard_after_forward)

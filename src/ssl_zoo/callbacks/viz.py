@@ -75,7 +75,8 @@ class Visualizer(L.Callback):
         self._last_step = step
         backbone = pl_module.eval_backbone
         attention = self.attention and backbone.has_patch_tokens
-        with torch.no_grad(), trainer.precision_plugin.forward_context(), gathered(backbone):
+        resharding = getattr(trainer.strategy, "reshard_after_forward", True)
+        with torch.no_grad(), trainer.precision_plugin.forward_context(), gathered(backbone, resharding):
             result = pictures(backbone, images.to(pl_module.device), attention, self.pca_threshold)
         if not trainer.is_global_zero:
             return None
