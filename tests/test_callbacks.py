@@ -91,3 +91,17 @@ def test_curve_without_knn_says_so_and_warns_nothing(tmp_path):
         warnings.simplefilter("error")
         path = draw_learning_curve(tmp_path / "c.png", "t", [], None, "kNN", [1, 2, 3], [7.0, 6.5, 6.4])
     assert path.stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "max_steps", "label"),
+    [(3, -1, "Epoch 1/2"), (-1, 500, "Epoch 1 (500-step run)"), (-1, -1, "Epoch 1")],
+)
+def test_progress_label_names_the_runs_bound(max_epochs, max_steps, label):
+    from types import SimpleNamespace
+
+    from ssl_zoo.callbacks.progress import ProgressBar
+
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps)
+    assert bar._get_train_description(1).strip() == label
