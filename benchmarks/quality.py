@@ -138,6 +138,8 @@ def cifar10(args: argparse.Namespace, out: Path) -> None:
     for method in [] if args.render_only else args.methods:
         overrides = [f"experiment={prefix}_{method}", f"seed={args.seed}", *args.overrides]
         summary = run(f"{prefix}_{method}", overrides, out)
+        # re-read: another bench-quality process may have stored its method meanwhile
+        stored = json.loads(results.read_text()) if results.exists() else {}
         stored[method] = {k: summary[k] for k in KEEP} | {"overrides": args.overrides}
         if summary.get("preempted_at_step") is not None or summary.get("stop_reason"):
             stored[method]["note"] = f"stopped early at step {summary['steps']}: {summary.get('stop_reason') or 'preempted'}"
