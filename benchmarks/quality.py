@@ -65,7 +65,9 @@ class LoadSampler(threading.Thread):
             self.samples.append(os.getloadavg()[0])
 
 
-def run(tag: str, overrides: list[str], out: Path) -> dict:
+def run(tag: str, overrides: list[str], out: Path) -> dict | None:
+    """The run's summary with wall, CPU and load; None when it was preempted (a signal
+    stopped it part-way: its numbers are not the preset's and are not stored)."""
     run_dir = out / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     load = LoadSampler()
@@ -75,6 +77,10 @@ def run(tag: str, overrides: list[str], out: Path) -> dict:
     summary["wall"] = time.perf_counter() - started
     summary["cpu_seconds"] = cpu_seconds() - cpu_started
     load.stop.set()
+    if summary.get("preempted_at_step") is not None:
+        print(f"{tag}: preempted at step {summary['preempted_at_step']}: not stored "
+              f"(its checkpoint: {summary['checkpoint']})", flush=True)
+        return None
     summary["load_mean"] = sum(load.samples) / len(load.samples)
     summary["load_max"] = max(load.samples)
     print(f"{tag}: {json.dumps({k: summary[k] for k in ('knn_top1_start', 'knn_top1_end', 'knn_top1_raw_pixels')})}"
@@ -98,11 +104,12 @@ KEEP = ("knn_top1_start", "knn_top1_end", "knn_top1_raw_pixels", "knn_history", 
 
 def default_data(args: argparse.Namespace, out: Path) -> None:
     stored = json.loads(STUDY_RESULTS.read_text()) if STUDY_RESULTS.exists() else {}
-    for data in [] if args.render_only else args.generators:
-        for m in args.methods:
-            summary = run(f"{data}_{m}", [f"data={data}", f"method={m}", f"seed={args.seed}"], out)
-            stored.setdefault(data, {})[m] = {k: summary[k] for k in KEEP}
-            STUDY_RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
+    for data, m in [] if args.render_only else [(d, m) for d in args.generators for m in args.methods]:
+        summary = run(f"{data}_{m}", [f"data={data}", f"method={m}", f"seed={args.seed}"], out)
+        if summary is None:
+            break
+        stored.setdefault(data, {})[m] = {k: summary[k] for k in KEEP}
+        STUDY_RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
     rows, curves = [], {}
     for data in (g for g in GENERATORS if g in stored):
         results = stored[data]
@@ -138,11 +145,13 @@ def cifar10(args: argparse.Namespace, out: Path) -> None:
     for method in [] if args.render_only else args.methods:
         overrides = [f"experiment={prefix}_{method}", f"seed={args.seed}", *args.overrides]
         summary = run(f"{prefix}_{method}", overrides, out)
+        if summary is None:
+            break
         # re-read: another bench-quality process may have stored its method meanwhile
         stored = json.loads(results.read_text()) if results.exists() else {}
         stored[method] = {k: summary[k] for k in KEEP} | {"overrides": args.overrides}
-        if summary.get("preempted_at_step") is not None or summary.get("stop_reason"):
-            stored[method]["note"] = f"stopped early at step {summary['steps']}: {summary.get('stop_reason') or 'preempted'}"
+        if summary.get("stop_reason"):
+            stored[method]["note"] = f"stopped early at step {summary['steps']}: {summary['stop_reason']}"
         results.write_text(json.dumps(stored, indent=1) + "\n")
     rows, curves = [], {}
     for method, result in stored.items():

@@ -105,3 +105,39 @@ def test_progress_label_names_the_runs_bound(max_epochs, max_steps, label):
     bar = ProgressBar()
     bar._trainer = SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps)
     assert bar._get_train_description(1).strip() == label
+
+
+def _summary(history, steps, preempted_at=None):
+    return {"method": "BYOL", "data": "ImageFolder", "backbone": "resnet10t", "knn_k": 200, "knn_temperature": 0.1,
+            "knn_top1_start": history[0][1] if history else None, "knn_top1_end": history[-1][1] if history else None,
+            "knn_top1_raw_pixels": 0.3762, "knn_history": [{"step": s, "top1": v} for s, v in history],
+            "probe_top1_end": None, "images_per_sec": 250.0, "wall_time_sec": 120.0, "bad_images": 0,
+            "bad_image_examples": [], "preempted_at_step": preempted_at, "stop_reason": None, "health_symptoms": {},
+            "learning_curve": None, "checkpoint": None, "run_dir": "/run", "steps": steps}
+
+
+@pytest.mark.parametrize(
+    ("history", "steps", "preempted_at", "expected", "absent"),
+    [
+        # preempted before any evaluation after step 0: no "-> step 152" gain claimed
+        ([(0, 0.349)], 152, 152, ["step 0: 34.90% (no evaluation after it: the run stopped at step 152)",
+                                  "preempted at step 152"], ["->", "points"]),
+        # a resumed run's first evaluation is at its resume step, not step 0
+        ([(500, 0.40), (1000, 0.45)], 1000, None, ["step 500: 40.00%  ->  step 1000: 45.00%  (+5.00 points)"],
+         ["step 0", "preempted"]),
+        # the last evaluation before a stop is labelled with its own step
+        ([(0, 0.349), (500, 0.392)], 640, 640, ["step 0: 34.90%  ->  step 500: 39.20%  (+4.30 points)"],
+         ["step 640: 39"]),
+    ],
+)
+def test_summary_labels_each_knn_value_with_the_step_it_was_measured(history, steps, preempted_at, expected, absent,
+                                                                     capsys, monkeypatch):
+    from ssl_zoo.train import print_summary
+
+    monkeypatch.setenv("COLUMNS", "300")  # rich would wrap the cells of a narrow terminal
+    print_summary(_summary(history, steps, preempted_at))
+    printed = capsys.readouterr().out
+    for text in expected:
+        assert text in printed, printed
+    for text in absent:
+        assert text not in printed, printed

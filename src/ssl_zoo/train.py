@@ -302,7 +302,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _print_summary(summary, cfg)
+        print_summary(summary)
     return summary
 
 
@@ -343,7 +343,7 @@ def resume_command(run_dir: Path) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -354,12 +354,20 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths wrap whole instead of ending in an ellipsis
     if summary["knn_k"] is not None:
-        start, end, raw = summary["knn_top1_start"], summary["knn_top1_end"], summary["knn_top1_raw_pixels"]
-        gain = "" if start is None or end is None else f"  ({100 * (end - start):+.2f} points)"
-        table.add_row(
-            f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']})",
-            f"step 0: {pct(start)}  ->  step {summary['steps']}: {pct(end)}{gain}\nraw pixels: {pct(raw)}",
-        )
+        # the steps come from the history: a resumed run starts later, a preempted one may
+        # stop without an evaluation after its first
+        history, stopped = summary["knn_history"], summary["steps"]
+        if not history:
+            result = f"not evaluated (the run stopped at step {stopped})"
+        elif len(history) == 1:
+            result = (f"step {history[0]['step']}: {pct(history[0]['top1'])} (no evaluation after it: "
+                      f"the run stopped at step {stopped})")
+        else:
+            first, last = history[0], history[-1]
+            result = (f"step {first['step']}: {pct(first['top1'])}  ->  step {last['step']}: {pct(last['top1'])}"
+                      f"  ({100 * (last['top1'] - first['top1']):+.2f} points)")
+        raw = pct(summary["knn_top1_raw_pixels"])
+        table.add_row(f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']})", f"{result}\nraw pixels: {raw}")
     if summary["probe_top1_end"] is not None:
         table.add_row("online linear probe top-1", pct(summary["probe_top1_end"]))
     ips = summary["images_per_sec"]
@@ -367,6 +375,8 @@ def _print_summary(summary: dict[str, Any], cfg: DictConfig) -> None:
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
     if summary["bad_images"]:
         table.add_row("bad images skipped", f"{summary['bad_images']} (e.g. {summary['bad_image_examples'][0]})")
+    if summary["preempted_at_step"] is not None:
+        table.add_row("stopped early", f"preempted at step {summary['preempted_at_step']} (resume below)")
     if summary["stop_reason"]:
         table.add_row("stopped early", summary["stop_reason"])
     elif summary["health_symptoms"]:
