@@ -116,3 +116,21 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert summary["steps"] == 3
     # each process extracted half of the kNN splits; the gathered bank is the whole split
     assert "(128 queries, 256 in the bank" in result.stderr + result.stdout
+
+
+def test_the_automatic_precision_choice_trains_unpinned(tmp_path):
+    """The path a new user gets: no pin, so the probe measures this CPU (cached in a fresh
+    directory) and the run trains in whatever it chose (bf16 where bf16 is faster, with the
+    policies of docs/precision.md), with no skipped step and the choice in the summary."""
+    run_dir = tmp_path / "run"
+    env = {"SSL_ZOO_AUTO_PRECISION": "", "SSL_ZOO_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli(["train", "trainer.max_steps=20", *FAST, "logger=csv", "callbacks.knn.every_n_steps=0",
+                      f"hydra.run.dir={run_dir}"], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    choice = summary["precision"]
+    assert choice["source"] == "auto" and choice["precision"] in ("32-true", "bf16-mixed")
+    assert "pinned" not in choice["reason"]
+    assert summary["steps"] == 20 and summary["skipped_steps"] == 0 and choice["fp32_fallback_step"] is None
+    assert "non-finite" not in result.stderr
+    assert f"precision: {choice['precision']} (auto: " in result.stderr

@@ -72,10 +72,117 @@ def test_non_finite_steps_are_skipped_whole(compose_cfg, method):
 
 
 def test_too_many_non_finite_steps_stop_the_run_with_the_causes(compose_cfg):
-    with pytest.raises(TrainingDivergedError, match=r"2 optimizer steps .*nonfinite.max_skipped_steps=1.*base_lr.*precision"):
+    # Pinned 32-true (conftest): the causes are the loss's, not the precision's.
+    with pytest.raises(TrainingDivergedError,
+                       match=r"2 optimizer steps .*nonfinite.max_skipped_steps=1\): 2 x non-finite loss\. .*base_lr.*temperature"):
         _fit(compose_cfg, ["callbacks.nonfinite.max_skipped_steps=1"], bad_steps=[1, 3], max_steps=5)
 
 
 def test_bad_limit_names_the_key():
     with pytest.raises(ValueError, match="callbacks.nonfinite.max_skipped_steps"):
         NonFiniteGuard(max_skipped_steps=-1)
+
+
+class PoisonGradient(L.Callback):
+    """Puts an inf into one parameter's gradient at the given steps (after backward)."""
+
+    def __init__(self, parameter: str, bad_steps: list[int]) -> None:
+        self.parameter = parameter
+        self.bad_steps = set(bad_steps)
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step in self.bad_steps:
+            dict(pl_module.named_parameters())[self.parameter].grad.view(-1)[0] = float("inf")
+
+
+HEAD_WEIGHT = "student.head.mlp.0.weight"
+
+
+def _fit_poisoned_gradient(compose_cfg, extra, bad_steps, max_steps=6, allow_fallback=False):
+    parts = build_all(compose_cfg([*TINY_DATA, *TINY_HEAD, *QUIET, f"trainer.max_steps={max_steps}", *extra]))
+    parts["trainer"].callbacks.append(PoisonGradient(HEAD_WEIGHT, bad_steps))
+    guard = next(cb for cb in parts["callbacks"] if isinstance(cb, NonFiniteGuard))
+    guard.allow_fp32_fallback = allow_fallback
+    parts["trainer"].fit(parts["method"], datamodule=parts["datamodule"])
+    return parts, guard
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ssl_zoo" and r.levelname == "WARNING"]
+
+
+def test_a_non_finite_gradient_names_its_parameter_once_with_the_fix(compose_cfg, caplog):
+    parts, guard = _fit_poisoned_gradient(compose_cfg, ["trainer.precision=32-true"], bad_steps=[1, 3, 4])
+    cause = f"non-finite gradient of {HEAD_WEIGHT} (finite loss)"
+    assert guard.skipped_steps == 3 and guard.causes == {cause: 3}
+    lines = [m for m in _warnings(caplog) if cause in m]
+    assert len(lines) == 1, lines  # once per cause, not once per step
+    assert lines[0].startswith("step 1: ") and "method.base_lr" in lines[0] and "counted" in lines[0]
+    assert parts["trainer"].global_step == 6
+
+
+def test_explicit_bf16_is_kept_and_the_message_says_set_fp32(compose_cfg, caplog):
+    parts, guard = _fit_poisoned_gradient(compose_cfg, ["trainer.precision=bf16-mixed"], bad_steps=[2])
+    (line,) = [m for m in _warnings(caplog) if HEAD_WEIGHT in m]
+    assert "trainer.precision=bf16-mixed" in line and "set trainer.precision=32-true" in line
+    assert str(parts["trainer"].precision) == "bf16-mixed" and guard.fp32_fallback_step is None
+
+
+def test_an_automatic_reduced_precision_falls_back_to_fp32_instead_of_diverging(compose_cfg, caplog):
+    # max_skipped_steps=1 with 2 poisoned steps: an explicit precision would stop the run.
+    parts, guard = _fit_poisoned_gradient(
+        compose_cfg, ["trainer.precision=bf16-mixed"], bad_steps=[2], allow_fallback=True
+    )
+    assert guard.fp32_fallback_step == 2 and str(parts["trainer"].precision) == "32-true"
+    assert parts["trainer"].global_step == 6 and guard.skipped_steps == 1
+    (line,) = [m for m in _warnings(caplog) if "rest of the run trains in 32-true" in m]
+    assert line.startswith("step 2: ") and HEAD_WEIGHT in line
+    # A resume of that run (its guard state restored) trains in fp32 from the start.
+    resumed = build_all(compose_cfg([*TINY_DATA, *TINY_HEAD, *QUIET, "trainer.max_steps=2",
+                                     "trainer.precision=bf16-mixed"]))
+    resumed_guard = next(cb for cb in resumed["callbacks"] if isinstance(cb, NonFiniteGuard))
+    resumed_guard.allow_fp32_fallback = True
+    resumed_guard.load_state_dict(guard.state_dict())
+    resumed["trainer"].fit(resumed["method"], datamodule=resumed["datamodule"])
+    assert str(resumed["trainer"].precision) == "32-true" and resumed_guard.causes == guard.causes
+
+
+def test_the_summary_records_the_fallback_through_train(tmp_path, monkeypatch):
+    """End to end through train(): an automatic bf16 choice (pinned to bf16 here) that meets
+    a non-finite gradient ends the run in fp32, with the step in summary.json."""
+    from ssl_zoo import precision
+    from ssl_zoo.config import compose_config
+    from ssl_zoo.train import train
+
+    monkeypatch.setenv(precision.PIN_ENV, "bf16-mixed")
+    monkeypatch.setattr(precision, "_CHOICES", {})
+    run_dir = tmp_path / "run"
+    cfg = compose_config([
+        *TINY_DATA, *TINY_HEAD, *QUIET, "trainer.max_steps=5", "callbacks.nonfinite.max_skipped_steps=0",
+        "+callbacks.poison._target_=tests.test_nonfinite.PoisonGradient",
+        f"+callbacks.poison.parameter={HEAD_WEIGHT}", "+callbacks.poison.bad_steps=[3]",
+    ], run_dir)
+    summary = train(cfg, run_dir)
+    assert summary["steps"] == 5 and summary["skipped_steps"] == 1
+    assert summary["precision"]["source"] == "auto" and summary["precision"]["fp32_fallback_step"] == 3
+    assert summary["skipped_step_causes"] == {f"non-finite gradient of {HEAD_WEIGHT} (finite loss)": 1}
+
+
+def test_a_non_finite_loss_term_is_named(compose_cfg, caplog):
+    parts = build_all(compose_cfg([*TINY_DATA, *TINY_HEAD, *QUIET, "trainer.max_steps=3", "method=dinov2",
+                                   "trainer.precision=32-true"]))
+    method = parts["method"]
+    compute = type(method).compute_loss
+
+    def compute_loss(batch, step):
+        loss, logs = compute(method, batch, step)
+        if step == 1:
+            logs["koleo_loss"] = logs["koleo_loss"] * float("nan")
+            loss = loss * float("nan")
+        return loss, logs
+
+    method.compute_loss = compute_loss
+    parts["trainer"].fit(method, datamodule=parts["datamodule"])
+    guard = next(cb for cb in parts["callbacks"] if isinstance(cb, NonFiniteGuard))
+    assert guard.causes == {"non-finite loss (koleo_loss)": 1}
+    assert any(m.startswith("step 1: non-finite loss (koleo_loss)") and "temperature" in m for m in _warnings(caplog))

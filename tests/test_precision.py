@@ -126,5 +126,6 @@ def test_the_run_logs_its_precision_once_and_records_it_in_the_summary(tmp_path,
     summary = train(cfg, run_dir)
     line = f"precision: 32-true (auto: pinned by {PIN_ENV}=32-true)"
     assert capsys.readouterr().err.count(line) == 1
-    assert summary["precision"] == {"precision": "32-true", "source": "auto", "reason": f"pinned by {PIN_ENV}=32-true"}
+    assert summary["precision"] == {"precision": "32-true", "source": "auto", "reason": f"pinned by {PIN_ENV}=32-true",
+                                    "fp32_fallback_step": None}
     assert json.loads((run_dir / "summary.json").read_text())["precision"]["precision"] == "32-true"

@@ -29,6 +29,7 @@ from omegaconf.errors import InterpolationResolutionError
 from ssl_zoo.callbacks.curve import LearningCurve
 from ssl_zoo.callbacks.health import HealthMonitor
 from ssl_zoo.callbacks.knn import KNNEvaluator
+from ssl_zoo.callbacks.nonfinite import NonFiniteGuard
 from ssl_zoo.callbacks.probe import OnlineLinearProbe
 from ssl_zoo.callbacks.resume import ResumeState, say
 from ssl_zoo.callbacks.throughput import Throughput
@@ -255,6 +256,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, trainer)
     if ckpt_path:
         check_resumable(ckpt_path, parts["method"], cfg.backbone.model_name)
+    guard = _find(parts["callbacks"], NonFiniteGuard)
+    if guard is not None:  # an automatic choice must not end a run: fp32 takes over instead
+        guard.allow_fp32_fallback = precision["source"] == "auto"
     resume_state = _find(parts["callbacks"], ResumeState)
     if resume_state is not None:
         resume_state.resume_command = resume_command(run_dir)
@@ -272,6 +276,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt = None
     if checkpoint is not None:
         ckpt = checkpoint.last_model_path or checkpoint.best_model_path or None
+    if guard is not None:
+        guard_summary = guard.summary()
+        precision["fp32_fallback_step"] = guard_summary.pop("fp32_fallback_step")
+    else:
+        guard_summary = {}
     report = getattr(datamodule, "bad_image_report", None)
     bad_images = report() if callable(report) else {"count": 0, "examples": []}
     summary = {
@@ -288,6 +297,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
         "images_per_sec": throughput.images_per_sec if throughput else None,
         "precision": precision,
+        **guard_summary,
         "steps": trainer.global_step,
         # Why the run ended before its planned length (null: it ran to the end).
         "stop_reason": health.stop_reason if health else None,
@@ -375,6 +385,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("wall time", f"{summary['wall_time_sec']:.0f} s")
     if summary["bad_images"]:
         table.add_row("bad images skipped", f"{summary['bad_images']} (e.g. {summary['bad_image_examples'][0]})")
+    if summary.get("skipped_steps"):
+        causes = "; ".join(f"{n} x {c}" for c, n in summary["skipped_step_causes"].items())
+        table.add_row("skipped steps", f"{summary['skipped_steps']}: {causes}")
+    precision = summary.get("precision") or {}
+    if precision.get("fp32_fallback_step") is not None:
+        table.add_row("precision", f"{precision['precision']} until step {precision['fp32_fallback_step']}, "
+                                   "then 32-true (non-finite gradients)")
     if summary["preempted_at_step"] is not None:
         table.add_row("stopped early", f"preempted at step {summary['preempted_at_step']} (resume below)")
     if summary["stop_reason"]:

@@ -19,6 +19,7 @@ a callback reads them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -67,6 +68,10 @@ class SSLMethod(L.LightningModule):
         betas, momentum: optimizer constants (AdamW betas; SGD/LARS momentum).
         momentum_teacher: EMA momentum of the teacher at step 0, raised to 1 with a cosine
             (DINO, BYOL 0.996; DINOv2 0.992).
+        fp32_teacher: under bf16 autocast, run the teacher's forward in fp32 (no gradient,
+            so only its forward pays). For teachers whose targets are sharpened (DINO
+            family, T=0.04): bf16's 8-bit mantissa is ~0.004 on a cosine, ~0.1 on a
+            sharpened logit; the references train in fp16 (11 bits). docs/precision.md.
     """
 
     #: Keys of ``step_signals``, filled by every ``compute_loss`` (detached, this step's
@@ -105,6 +110,7 @@ class SSLMethod(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         momentum: float = 0.9,
         momentum_teacher: float = 0.996,
+        fp32_teacher: bool = False,
     ) -> None:
         super().__init__()
         _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
@@ -142,6 +148,7 @@ class SSLMethod(L.LightningModule):
         self.betas = tuple(betas)
         self.momentum = momentum
         self.momentum_teacher = momentum_teacher
+        self.fp32_teacher = bool(fp32_teacher)
         self.student: nn.ModuleDict | None = None
         self.teacher: nn.ModuleDict | None = None
         self.sharded = False  # set by configure_model under FSDP2
@@ -154,9 +161,10 @@ class SSLMethod(L.LightningModule):
         self.total_steps = 1
         self.steps_per_epoch = 1
         self.peak_lr = base_lr
-        # The non-finite guard's contract (callbacks/nonfinite.py): the step's loss, and a
-        # flag that turns the next EMA update into a no-op when the step was skipped.
+        # The non-finite guard's contract (callbacks/nonfinite.py): the step's loss and its
+        # terms, and a flag that turns the next EMA update into a no-op when the step was skipped.
         self.last_loss: torch.Tensor | None = None
+        self.last_loss_terms: dict[str, torch.Tensor] = {}  # the ``*_loss`` entries of the step's logs
         self.skip_teacher_update = False
 
     # --- what a method provides -------------------------------------------------------
@@ -186,6 +194,14 @@ class SSLMethod(L.LightningModule):
         if unknown:
             raise KeyError(f"not step signals: {sorted(unknown)} (declare them in SSLMethod.STEP_SIGNALS)")
         self.step_signals.update({name: t.detach() for name, t in tensors.items()})
+
+    def teacher_precision(self) -> contextlib.AbstractContextManager:
+        """Enter around the teacher's forward: autocast off under bf16 autocast when
+        ``fp32_teacher`` (the parameters are fp32 masters, so the forward is fp32)."""
+        device = self.device.type
+        if self.fp32_teacher and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+            return torch.autocast(device, enabled=False)
+        return contextlib.nullcontext()
 
     def update_teacher(self, step: int) -> None:
         """Called once after every real optimizer step (never on accumulation steps)."""
@@ -285,6 +301,7 @@ class SSLMethod(L.LightningModule):
         self.step_signals = {}  # never a previous step's tensors
         loss, logs = self.compute_loss(batch, step)
         self.last_loss = loss.detach()
+        self.last_loss_terms = {k: v for k, v in logs.items() if k.endswith("_loss") and torch.is_tensor(v)}
         batch_size = batch["global_crops"].shape[0]
         metrics = {"train/loss": loss.detach(), "train/lr": lr, "train/wd": wd}
         metrics.update({f"train/{k}": v for k, v in logs.items()})

@@ -63,7 +63,7 @@ class BYOL(SSLMethod):
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         views = batch["global_crops"]  # (2B, C, H, W): [view 1; view 2]
-        with torch.no_grad():
+        with torch.no_grad(), self.teacher_precision():
             targets = self.teacher["projector"](self.teacher["backbone"](views)["cls"])
         features = self.student["backbone"](views)["cls"]
         predictions = self.predictor(self.student["projector"](features))

@@ -94,7 +94,7 @@ class DINO(SSLMethod):
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]
         teacher_temp = self.teacher_temp_at(step)
-        with torch.no_grad():
+        with torch.no_grad(), self.teacher_precision():
             teacher_features = self.teacher["backbone"](global_crops)["cls"]
             teacher_logits = self.teacher["head"](teacher_features)
             teacher_probs = self.targets.targets(teacher_logits, teacher_temp)

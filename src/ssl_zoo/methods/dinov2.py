@@ -147,7 +147,7 @@ class DINOv2(SSLMethod):
             )
         teacher_temp = self.teacher_temp_at(step)
 
-        with torch.no_grad():
+        with torch.no_grad(), self.teacher_precision():
             teacher_out = self.teacher["backbone"](global_crops)
             t_cls, t_patch = self._heads(self.teacher, teacher_out["cls"], _masked(teacher_out, masks))
             t_cls_probs = self.cls_targets.targets(t_cls, teacher_temp)

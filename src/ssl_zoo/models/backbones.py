@@ -20,6 +20,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from ssl_zoo.models.conv_precision import guard_small_input_convs
+
 
 class Backbone(nn.Module):
     """A timm model without its classifier.
@@ -76,6 +78,8 @@ class Backbone(nn.Module):
             _change_resnet_stem(self.model, model_name, stride_one=small_image_stem)
         if drop_path_uniform:
             _make_drop_path_uniform(self.model, model_name, float(model_kwargs.get("drop_path_rate", 0.0)))
+        # bf16 on CPU: fp32 for the small-input convolutions oneDNN gets wrong (docs/precision.md).
+        guard_small_input_convs(self.model)
         self.mask_token: nn.Parameter | None = None
         self._masks: torch.Tensor | None = None
         self._init_mask_token: torch.Tensor | None = None

@@ -66,8 +66,14 @@ class DINOHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.mlp(features)
         # eps 1e-6 in fp32 would underflow to 0 in fp16: normalise in fp32.
-        x = F.normalize(x.float(), dim=-1, eps=1e-6).to(x.dtype)
-        return self.last_layer(x)
+        x = F.normalize(x.float(), dim=-1, eps=1e-6)
+        # The prototype scores are cosines that the losses divide by 0.1 (student) and 0.04
+        # (teacher): bf16's 8-bit mantissa (~0.004 on a cosine) would become ~0.04-0.1 on a
+        # logit. Under autocast they stay fp32, a small GEMM (docs/precision.md). Parameters
+        # that are bf16 themselves (FSDP2 param_dtype) are used as given.
+        weight_dtype = self.last_layer.parametrizations.weight.original1.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return self.last_layer(x.to(weight_dtype))
 
 
 class MLPHead(nn.Module):
