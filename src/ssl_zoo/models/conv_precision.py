@@ -77,10 +77,8 @@ class GuardedConv2d(SmallInputFp32Conv, nn.Conv2d):
 _GUARDED: dict[type, type] = {nn.Conv2d: GuardedConv2d}
 
 
-def guard_small_input_convs(model: nn.Module) -> int:
-    """Give every ``nn.Conv2d`` in ``model`` the fp32 route for unsafe inputs; returns how
-    many convolutions can ever take it (those with padding and a kernel larger than 1)."""
-    count = 0
+def guard_small_input_convs(model: nn.Module) -> None:
+    """Give every ``nn.Conv2d`` in ``model`` the fp32 route for unsafe inputs."""
     for module in model.modules():
         cls = type(module)
         if not isinstance(module, nn.Conv2d) or isinstance(module, SmallInputFp32Conv):
@@ -88,5 +86,3 @@ def guard_small_input_convs(model: nn.Module) -> int:
         if cls not in _GUARDED:
             _GUARDED[cls] = type(f"Guarded{cls.__name__}", (SmallInputFp32Conv, cls), {"__module__": __name__})
         module.__class__ = _GUARDED[cls]
-        count += any(p > 0 for p in _padding(module)) and max(module.kernel_size) > 1
-    return count
