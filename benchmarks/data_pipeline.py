@@ -6,7 +6,7 @@ One process, one thread (``torch.set_num_threads(1)``), like one DataLoader work
 each method's recipe (the Hydra augmentation configs at 224 / 96 px: DINO 2 x 224 + 8 x 96,
 BYOL 2 x 224, DINOv2 2 x 224 + 8 x 96 + iBOT masks) and each image set, it times
 
-- fast: ``ssl_zoo.data.imagefolder.ImageFolder`` (file -> JPEG draft decode when the
+- fast: ``ssl_zoo.datasets.imagefolder.ImageFolder`` (file -> JPEG draft decode when the
   crops allow -> uint8 tensor) with ``MultiCropTransform``, then ``MultiCropCollate``;
 - straightforward: PIL open + convert("RGB"), then per view torchvision v1 transforms on
   PIL images (RandomResizedCrop, flip, ColorJitter, grayscale; PIL's GaussianBlur and
@@ -110,8 +110,8 @@ def fast_pipeline(transform_cfg, masking_cfg, root: Path):
     from omegaconf import OmegaConf
 
     from ssl_zoo.data.collate import MultiCropCollate
-    from ssl_zoo.data.imagefolder import ImageFolder
     from ssl_zoo.data.masking import BlockMaskGenerator
+    from ssl_zoo.datasets.imagefolder import ImageFolder
 
     dataset = ImageFolder(root, transform=instantiate(transform_cfg))
     collate = MultiCropCollate()

@@ -5,7 +5,7 @@
 Runs ``ssl-zoo train`` as a user would, one process tree per case:
 - BYOL, DINO and DINOv2 for ``--steps`` optimizer steps each with ``trainer=gpu``
   (bf16-mixed where the GPU has bf16, else 16-mixed with a loss scaler: the automatic
-  choice, ssl_zoo/precision.py), on every visible GPU (DDP);
+  choice, ssl_zoo/parallel/precision.py), on every visible GPU (DDP);
 - DINOv2 with ViT-S under ``trainer=fsdp`` (FSDP2, bf16 parameters) on every visible GPU.
 
 and writes ``gpu_check.json`` (``--out``): per case images/s, peak GPU memory, skipped

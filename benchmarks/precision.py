@@ -1,5 +1,5 @@
 """fp32 against bf16 on this CPU: bare GEMMs, convolutions, and the probe that chooses
-trainer.precision (ssl_zoo/precision.py), side by side.
+trainer.precision (ssl_zoo/parallel/precision.py), side by side.
 
     python benchmarks/precision.py            (writes its section of docs/benchmarks.md)
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from report import cpu_facts, write_section
 from train_step import time_steps
 
-from ssl_zoo.precision import MIN_SPEEDUP, cpu_model_and_flags, measure_cpu_bf16
+from ssl_zoo.parallel.precision import MIN_SPEEDUP, cpu_model_and_flags, measure_cpu_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- precision:begin -->", "<!-- precision:end -->"

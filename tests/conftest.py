@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from ssl_zoo.config import compose_config  # noqa: F401  (re-exported for the tests)
 
-# The presets' default trainer.precision is the fastest on the machine (ssl_zoo/precision.py):
+# The presets' default trainer.precision is the fastest on the machine (ssl_zoo/parallel/precision.py):
 # pinned for the tests, so that their numerics and tolerances do not depend on the CPU of the
 # CI machine. tests/test_precision.py tests the choice itself. Inherited by CLI subprocesses.
 os.environ.setdefault("SSL_ZOO_AUTO_PRECISION", "32-true")

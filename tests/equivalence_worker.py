@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_zoo import distributed  # noqa: E402
 from ssl_zoo.config import compose_config  # noqa: E402
 from ssl_zoo.data.masking import sample_masks  # noqa: E402
-from ssl_zoo.layer_sync import SyncBatchNormLayerSync  # noqa: E402
-from ssl_zoo.sharding import FSDP2Strategy  # noqa: E402
+from ssl_zoo.parallel import collectives  # noqa: E402
+from ssl_zoo.parallel.fsdp import FSDP2Strategy  # noqa: E402
+from ssl_zoo.parallel.layer_sync import SyncBatchNormLayerSync  # noqa: E402
 from ssl_zoo.train import _build_collate, build  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -94,7 +94,7 @@ class Record(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         values = torch.stack([outputs["loss"].detach().float(),
                               torch.as_tensor(trainer.callback_metrics.get("train/koleo_loss", 0.0)).float()])
-        values = distributed.all_reduce_mean(values)
+        values = collectives.all_reduce_mean(values)
         self.losses.append(float(values[0]))
         self.koleo.append(float(values[1]))
 

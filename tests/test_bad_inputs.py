@@ -237,8 +237,8 @@ CASES = {
                                r"^trainer\.precision=16-mixed: fp16 autocast does not run on CPUs.*bf16-mixed or 32-true"),
     "precision-bf16-cpu": Case("environment", "bf16 on a CPU without bf16 support", ["trainer.precision=bf16-mixed"],
                                r"^trainer\.precision=bf16-mixed: this CPU \(.*\) has no bf16 support.*32-true",
-                               patches=[("ssl_zoo.precision.cpu_has_bf16", lambda: False),  # an AVX2-only CPU
-                                        ("ssl_zoo.precision.cpu_model_and_flags",
+                               patches=[("ssl_zoo.parallel.precision.cpu_has_bf16", lambda: False),  # an AVX2-only CPU
+                                        ("ssl_zoo.parallel.precision.cpu_model_and_flags",
                                          lambda: ("Intel(R) Xeon(R) CPU E5-2680 v3", {"avx2"}))]),
     "precision-bf16-gpu": Case("environment", "bf16 on a GPU without bf16", ["trainer=gpu", "trainer.precision=bf16-mixed"],
                                r"^trainer\.precision=bf16-mixed: Tesla V100-SXM2-16GB has no bf16 arithmetic.*16-mixed",

@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
-from ssl_zoo.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError, atomic_torch_save
-from ssl_zoo.checkpoints import load_checkpoint
+from ssl_zoo.weights.atomic import AtomicCheckpointIO, CheckpointSaveError, atomic_torch_save
+from ssl_zoo.weights.load import load_checkpoint
 
 WRITER = """
 import sys, torch
-from ssl_zoo.checkpoint_io import atomic_torch_save
+from ssl_zoo.weights.atomic import atomic_torch_save
 path = sys.argv[1]
 version = 0
 while True:

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from ssl_zoo.checkpoints import CheckpointError, load_backbone, load_checkpoint, run_config
+from ssl_zoo.weights.load import CheckpointError, load_backbone, load_checkpoint, run_config
 from tests.conftest import TINY_DATA, read_summary, run_cli
 
 

@@ -1,6 +1,6 @@
 """2 gloo processes on a global batch == 1 process on the same global batch.
 
-For each method, under DDP and under FSDP2 (``ssl_zoo.sharding``), 3 optimizer steps of
+For each method, under DDP and under FSDP2 (``ssl_zoo.parallel.fsdp``), 3 optimizer steps of
 Lightning's loop (tests/equivalence_worker.py) give the same loss at every step and the
 same parameters and buffers at the end (rtol 1e-5) as one process. What this covers:
 gradients averaged (DDP) or reduce-scattered (FSDP2) over processes, the teacher's EMA on

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ssl_zoo import cli
-from ssl_zoo.data.synthetic import TexelsDataset
+from ssl_zoo.datasets.synthetic import TexelsDataset
 from tests.conftest import run_cli
 from tests.tiny_run import tiny_vit_run
 

@@ -13,9 +13,9 @@ from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from ssl_zoo import cli
-from ssl_zoo.checkpoints import load_backbone, load_checkpoint, run_config
-from ssl_zoo.export import ExportError, export_backbone
 from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.weights.export import ExportError, export_backbone
+from ssl_zoo.weights.load import load_backbone, load_checkpoint, run_config
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 
 TOL = 1e-5

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from ssl_zoo.checkpoints import load_checkpoint
+from ssl_zoo.weights.load import load_checkpoint
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT, read_summary, run_cli
 
 NO_EXTRAS = ["callbacks.knn.every_n_steps=0"]
@@ -76,7 +76,7 @@ def test_a_files_optimizer_state_is_named_by_the_groups_order_not_the_modules():
     that quietly goes worse after a resume under FSDP2)."""
     from torch import nn
 
-    from ssl_zoo.sharding import named_optimizer_state
+    from ssl_zoo.parallel.fsdp import named_optimizer_state
 
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     decay = [p for p in model.parameters() if p.ndim > 1]

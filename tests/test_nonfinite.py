@@ -150,8 +150,8 @@ def test_an_automatic_reduced_precision_falls_back_to_fp32_instead_of_diverging(
 def test_the_summary_records_the_fallback_through_train(tmp_path, monkeypatch):
     """End to end through train(): an automatic bf16 choice (pinned to bf16 here) that meets
     a non-finite gradient ends the run in fp32, with the step in summary.json."""
-    from ssl_zoo import precision
     from ssl_zoo.config import compose_config
+    from ssl_zoo.parallel import precision
     from ssl_zoo.train import train
 
     monkeypatch.setenv(precision.PIN_ENV, "bf16-mixed")

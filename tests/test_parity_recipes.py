@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssl_zoo.run_length import batches_per_epoch, plan_run_length
+from ssl_zoo.optim.run_plan import batches_per_epoch, plan_run_length
 from ssl_zoo.train import build
 from tests.conftest import compose_config
 from tests.parity import load_fixture, parity_dir

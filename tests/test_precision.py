@@ -1,5 +1,5 @@
 """trainer.precision's default: the fastest on the hardware, measured once per machine on
-CPUs; an explicit value is kept (ssl_zoo/precision.py)."""
+CPUs; an explicit value is kept (ssl_zoo/parallel/precision.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from ssl_zoo import precision
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.precision import PIN_ENV, auto_choice, check_precision, is_auto
+from ssl_zoo.parallel import precision
+from ssl_zoo.parallel.precision import PIN_ENV, auto_choice, check_precision, is_auto
 
 
 @pytest.fixture

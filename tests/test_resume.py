@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_zoo.checkpoints import newest_checkpoint
 from ssl_zoo.data.sampling import EpochSampler
+from ssl_zoo.weights.load import newest_checkpoint
 from tests.conftest import REPO_ROOT, TINY_HEAD, TINY_VIT, run_cli, wait_for_file
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
+from ssl_zoo.optim.run_plan import RunLengthError, batches_per_epoch, plan_run_length
 from ssl_zoo.train import ConfigError, build_all, train
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ssl_zoo.schedules import cosine_schedule, linear_warmup
+from ssl_zoo.optim.schedules import cosine_schedule, linear_warmup
 from tests.parity import load_fixture
 
 

@@ -43,7 +43,7 @@ SWEEP = textwrap.dedent("""
     from hydra.core.utils import JobReturn, JobStatus
 
     submitit.core.core.Job.results = lambda self: [JobReturn(status=JobStatus.COMPLETED, _return_value=None)]
-    from ssl_zoo.cli import main
+    from ssl_zoo.cli.main import main
 
     sys.exit(main(sys.argv[1:]))
 """)
@@ -84,7 +84,7 @@ def test_the_requeue_signal_is_slurms_or_submitits(monkeypatch):
 
     from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-    from ssl_zoo.cluster import requeue_signal
+    from ssl_zoo.parallel.cluster import requeue_signal
 
     def trainer(environment):
         return SimpleNamespace(_accelerator_connector=SimpleNamespace(cluster_environment=environment))

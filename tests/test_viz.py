@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 
 from ssl_zoo import cli
-from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.visualize import (
+from ssl_zoo.eval.visualize import (
     VizError,
     cls_attention_maps,
     last_block_attention,
@@ -19,6 +18,7 @@ from ssl_zoo.visualize import (
     pca_maps,
     pictures,
 )
+from ssl_zoo.models.backbones import Backbone
 from tests.tiny_run import tiny_vit_run
 
 

@@ -10,12 +10,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ssl_zoo.run_length import epochs_unless_max_steps
+from ssl_zoo.optim.run_plan import epochs_unless_max_steps
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 # The trainer presets' max_epochs: a default that steps aside when max_steps is set
-# (ssl_zoo/run_length.py). Registered on import, before any composition.
+# (ssl_zoo/optim/run_plan.py). Registered on import, before any composition.
 if not OmegaConf.has_resolver("epochs_unless_max_steps"):
     OmegaConf.register_new_resolver("epochs_unless_max_steps", epochs_unless_max_steps)
 
@@ -40,12 +40,12 @@ if not OmegaConf.has_resolver("patch_grid"):
 
 def _fastest_precision(accelerator: str = "auto") -> str:
     # Imported on first use: composing a config (e.g. --help) should not pay for torch.
-    from ssl_zoo.precision import fastest_precision
+    from ssl_zoo.parallel.precision import fastest_precision
 
     return fastest_precision(accelerator)
 
 
-# The trainer presets' default precision: what this hardware runs fastest (ssl_zoo/precision.py).
+# The trainer presets' default precision: what this hardware runs fastest (ssl_zoo/parallel/precision.py).
 if not OmegaConf.has_resolver("fastest_precision"):
     OmegaConf.register_new_resolver("fastest_precision", _fastest_precision)
 

@@ -33,14 +33,14 @@ from ssl_zoo.callbacks.nonfinite import NonFiniteGuard
 from ssl_zoo.callbacks.probe import OnlineLinearProbe
 from ssl_zoo.callbacks.resume import ResumeState, say
 from ssl_zoo.callbacks.throughput import Throughput
-from ssl_zoo.checkpoints import check_resumable, newest_checkpoint
-from ssl_zoo.cluster import check_launch
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
-from ssl_zoo.precision import check_precision
-from ssl_zoo.run_length import RunLengthError, batches_per_epoch, plan_run_length
-from ssl_zoo.sharding import check_shardable
+from ssl_zoo.optim.run_plan import RunLengthError, batches_per_epoch, plan_run_length
+from ssl_zoo.parallel.cluster import check_launch
+from ssl_zoo.parallel.fsdp import check_shardable
+from ssl_zoo.parallel.precision import check_precision
+from ssl_zoo.weights.load import check_resumable, newest_checkpoint
 
 log = logging.getLogger("ssl_zoo")
 
@@ -131,7 +131,7 @@ def sync_batchnorm_on_any_device(trainer_cfg: DictConfig) -> DictConfig:
     with open_dict(node):
         node.sync_batchnorm = False  # Lightning refuses the flag together with another LayerSync
         plugins = list(node.get("plugins") or [])
-        node.plugins = [*plugins, {"_target_": "ssl_zoo.layer_sync.SyncBatchNormLayerSync"}]
+        node.plugins = [*plugins, {"_target_": "ssl_zoo.parallel.layer_sync.SyncBatchNormLayerSync"}]
     return node
 
 

@@ -13,11 +13,11 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from ssl_zoo.data.datamodule import SSLDataModule, check_batch_sizes, constructor_config
-from ssl_zoo.data.images import DataError
 from ssl_zoo.data.sampling import EpochSampler
-from ssl_zoo.data.shards import ShardDataset, write_shards
-from ssl_zoo.data.torchvision_sets import CIFAR10, STL10
 from ssl_zoo.data.transforms import EvalTransform, MultiCropTransform
+from ssl_zoo.datasets.images import DataError
+from ssl_zoo.datasets.shards import ShardDataset, write_shards
+from ssl_zoo.datasets.torchvision_sets import CIFAR10, STL10
 from tests.data.test_images import make_bad_tree
 from tests.data.test_shards import make_tree
 
@@ -153,7 +153,7 @@ def test_setup_checks_the_batch_sizes_when_a_trainer_is_attached():
 def test_knn_shares_have_equal_batch_counts_and_cover_each_image_once(compose_cfg, tmp_path, monkeypatch):
     """Under 2 processes, 13 bank images split 7 + 6: the short share is padded to as many
     batches (an FSDP2 forward is a collective), and only the real rows are kept."""
-    from ssl_zoo import distributed
+    from ssl_zoo.parallel import collectives
 
     make_tree(tmp_path / "train", n=12)  # + 1 below
     Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "train" / "ant" / "extra.png")
@@ -163,10 +163,10 @@ def test_knn_shares_have_equal_batch_counts_and_cover_each_image_once(compose_cf
     dm = _datamodule(cfg)
     dm.setup("fit")
     assert len(dm.knn_train) == 13
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(collectives, "world_size", lambda: 2)
     shares = []
     for rank in (0, 1):
-        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(collectives, "rank", lambda rank=rank: rank)
         bank, _ = dm.knn_dataloaders()
         shares.append((len(bank), bank.dataset.num_real, list(bank.dataset.indices)))
     assert shares[0][0] == shares[1][0] == 4  # 7 rows in batches of 2, both processes

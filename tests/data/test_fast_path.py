@@ -15,8 +15,8 @@ from torchvision.transforms.v2 import functional as F
 
 from ssl_zoo.data import kernels
 from ssl_zoo.data import transforms as fast
-from ssl_zoo.data.images import load_image
 from ssl_zoo.data.transforms import EvalTransform, MultiCropTransform, min_crop_side
+from ssl_zoo.datasets.images import load_image
 from tests.data.conftest import IDENTITY, NO_AUGMENT
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_zoo.data.imagefolder import ImageFolder, optional_folder
-from ssl_zoo.data.images import DataError
+from ssl_zoo.datasets.imagefolder import ImageFolder, optional_folder
+from ssl_zoo.datasets.images import DataError
 
 
 def _write(path, value=0, size=(12, 10), ext_case=None):

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ssl_zoo.data.imagefolder import ImageFolder
-from ssl_zoo.data.images import (
+from ssl_zoo.datasets.imagefolder import ImageFolder
+from ssl_zoo.datasets.images import (
     BadImageError,
     BadImageLog,
     DataError,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ssl_zoo.data.shapes import SHAPE_NAMES, ShapesDataset
+from ssl_zoo.datasets.shapes import SHAPE_NAMES, ShapesDataset
 from ssl_zoo.eval.knn import knn_class_scores
 
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ssl_zoo.data.imagefolder import ImageFolder
-from ssl_zoo.data.images import DataError, load_image
-from ssl_zoo.data.shards import ShardDataset, _samples, expand_urls, write_shards
+from ssl_zoo.datasets.imagefolder import ImageFolder
+from ssl_zoo.datasets.images import DataError, load_image
+from ssl_zoo.datasets.shards import ShardDataset, _samples, expand_urls, write_shards
 from tests.data.test_images import make_bad_tree
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_zoo.data.shards import write_shards
+from ssl_zoo.datasets.shards import write_shards
 from tests.conftest import REPO_ROOT, TINY_HEAD, run_cli
 
 pytestmark = pytest.mark.slow

@@ -1,10 +1,10 @@
-"""The procedural generators of ssl_zoo/data/synthetic.py (the default data and the
+"""The procedural generators of ssl_zoo/datasets/synthetic.py (the default data and the
 candidates of docs/default_data.md)."""
 
 import pytest
 import torch
 
-from ssl_zoo.data.synthetic import FractalsDataset, PatternsDataset, TexelsDataset
+from ssl_zoo.datasets.synthetic import FractalsDataset, PatternsDataset, TexelsDataset
 from ssl_zoo.eval.knn import knn_class_scores
 
 GENERATORS = [TexelsDataset, PatternsDataset, FractalsDataset]

@@ -5,7 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_zoo.data.shapes import ShapesDataset
 from ssl_zoo.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -13,6 +12,7 @@ from ssl_zoo.data.transforms import (
     MultiCropTransform,
     blur_kernel_size,
 )
+from ssl_zoo.datasets.shapes import ShapesDataset
 from tests.data.conftest import IDENTITY, NO_AUGMENT
 
 pytestmark = pytest.mark.usefixtures("one_thread")

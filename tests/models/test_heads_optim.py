@@ -3,7 +3,7 @@ import torch
 
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.heads import DINOHead, MLPHead
-from ssl_zoo.optim import build_param_groups, vit_layer_id
+from ssl_zoo.optim.param_groups import build_param_groups, vit_layer_id
 
 
 def test_dino_head_last_layer_is_weight_normalised_with_fixed_norm():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ssl_zoo.methods.dino import DINO
 from ssl_zoo.methods.dinov2 import DINOv2
 from ssl_zoo.models.backbones import Backbone
-from ssl_zoo.models.init_from import InitFromError
+from ssl_zoo.weights.official import InitFromError
 
 TOL = 1e-5
 

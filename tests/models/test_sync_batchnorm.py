@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from ssl_zoo.models.sync_batchnorm import (
+from ssl_zoo.parallel.sync_batchnorm import (
     SyncBatchNorm,
     convert_sync_batchnorm,
     revert_sync_batchnorm,
@@ -234,7 +234,9 @@ def test_converter_refuses_batchnorm_subclasses_it_would_change():
 
 
 def test_layer_sync_plugin_round_trip():
-    from ssl_zoo.layer_sync import SyncBatchNormLayerSync  # Lightning: not in the spawned workers
+    from ssl_zoo.parallel.layer_sync import (
+        SyncBatchNormLayerSync,  # Lightning: not in the spawned workers
+    )
 
     plugin = SyncBatchNormLayerSync()
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
@@ -263,7 +265,7 @@ def test_trainer_sync_batchnorm_true_picks_the_plugin_off_cuda(tmp_path):
 def test_cli_two_cpu_processes_with_sync_batchnorm(tmp_path, trainer):
     """DINO on resnet10t (BatchNorm in backbone and head, student and teacher) on 2 gloo
     processes with trainer.sync_batchnorm=true, under DDP and under FSDP2 (which applies
-    the plugin itself, ssl_zoo/sharding.py). A DDP checkpoint holds plain BatchNorm keys.
+    the plugin itself, ssl_zoo/parallel/fsdp.py). A DDP checkpoint holds plain BatchNorm keys.
     257 bank images in batches of 128: unpadded shares would give the kNN BatchNorm
     recalibration 2 batches on one process and 1 on the other, and the first would wait
     forever in its second all-reduce (it did, before knn_dataloaders padded the shares)."""

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 
-from ssl_zoo import distributed
 from ssl_zoo.callbacks.resume import was_preempted
 from ssl_zoo.eval.knn import knn_class_scores
+from ssl_zoo.parallel import collectives
 
 
 class KNNEvaluator(L.Callback):
@@ -91,7 +91,7 @@ class KNNEvaluator(L.Callback):
         pl_module.train(was_training)
         real = getattr(loader.dataset, "num_real", None)  # rows past it pad this process's share
         feats, labels = torch.cat(feats)[:real], torch.cat(labels)[:real]
-        return distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)
+        return collectives.all_gather_cat(feats), collectives.all_gather_cat(labels)
 
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str, raw: bool = False):
         datamodule = trainer.datamodule

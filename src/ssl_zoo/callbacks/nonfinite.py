@@ -10,7 +10,7 @@ first parameters whose gradients are not. A cause is reported once, with its lik
 later steps with the same cause are counted (``health/skipped_steps``), not printed again.
 
 Reduced precision:
-- chosen automatically (``trainer.precision`` left to ssl_zoo, see :mod:`ssl_zoo.precision`)
+- chosen automatically (``trainer.precision`` left to ssl_zoo, see :mod:`ssl_zoo.parallel.precision`)
   a non-finite step must not end the run: the guard switches the rest of the run to
   32-true, says so, and records the switch (checkpoints carry it, so a resume stays in
   fp32). ``allow_fp32_fallback`` is set by ``ssl_zoo.train`` for such runs;
@@ -32,9 +32,9 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
 
-from ssl_zoo import distributed
-from ssl_zoo.distributed import full_norms
 from ssl_zoo.errors import UserError
+from ssl_zoo.parallel import collectives
+from ssl_zoo.parallel.collectives import full_norms
 
 log = logging.getLogger("ssl_zoo")
 
@@ -73,10 +73,10 @@ class NonFiniteGuard(L.Callback):
         total = full_norms(grads).sum() if grads else torch.zeros(())
         if loss is not None:
             total = total + loss.float().abs()
-        if bool(torch.isfinite(distributed.all_reduce_sum(total.reshape(1)))):
+        if bool(torch.isfinite(collectives.all_reduce_sum(total.reshape(1)))):
             return
         step = trainer.global_step
-        loss_finite = loss is None or bool(torch.isfinite(distributed.all_reduce_sum(loss.float().reshape(1))))
+        loss_finite = loss is None or bool(torch.isfinite(collectives.all_reduce_sum(loss.float().reshape(1))))
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         overflow = loss_finite and scaler is not None
         cause = None if overflow else self._cause(pl_module, loss_finite)
@@ -121,7 +121,7 @@ class NonFiniteGuard(L.Callback):
             bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
             return f"non-finite loss ({', '.join(bad)})" if bad else "non-finite loss"
         bad = [name for name, p in pl_module.named_parameters()
-               if p.grad is not None and not bool(torch.isfinite(distributed.local_tensor(p.grad)).all())]
+               if p.grad is not None and not bool(torch.isfinite(collectives.local_tensor(p.grad)).all())]
         if not bad:  # another process's gradients (the decision is global)
             return "non-finite gradient on another process"
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""

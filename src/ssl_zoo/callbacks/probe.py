@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from ssl_zoo import distributed
+from ssl_zoo.parallel import collectives
 
 
 class OnlineLinearProbe(L.Callback):
@@ -109,7 +109,7 @@ class OnlineLinearProbe(L.Callback):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for param in self.head.parameters():  # every process keeps the same probe
-            param.grad = distributed.all_reduce_mean(param.grad)
+            param.grad = collectives.all_reduce_mean(param.grad)
         self.optimizer.step()
         self._correct += ((logits.detach().argmax(dim=1) == labels) & labeled).sum()
         self._seen += labeled.sum()
@@ -143,7 +143,7 @@ class OnlineLinearProbe(L.Callback):
                 left -= predictions.numel()
         pl_module.train(was_training)
         self.head.train()
-        counts = distributed.all_reduce_sum(torch.stack((correct, total, self._correct, self._seen)))
+        counts = collectives.all_reduce_sum(torch.stack((correct, total, self._correct, self._seen)))
         top1, train_top1 = (counts[0] / counts[1].clamp_min(1)).item(), (counts[2] / counts[3].clamp_min(1)).item()
         step = trainer.global_step
         self.history.append((step, top1))

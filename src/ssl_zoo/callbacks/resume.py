@@ -16,7 +16,7 @@ Lightning's SIGTERM handler raises at the next batch without saving, and its SLU
 handler saves from inside the signal handler, in the middle of a step. What Lightning's
 SLURM handler does besides is kept: when the cluster environment is a ``SLURMEnvironment``
 with ``auto_requeue`` (``trainer=multinode``), its ``requeue_signal`` is handled too and,
-after the checkpoint, rank 0 requeues the job (``ssl_zoo.cluster``).
+after the checkpoint, rank 0 requeues the job (``ssl_zoo.parallel.cluster``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset
 
-from ssl_zoo import cluster, distributed
+from ssl_zoo.parallel import cluster, collectives
 
 log = logging.getLogger("ssl_zoo")
 
@@ -163,9 +163,9 @@ class ResumeState(L.Callback):
         # [a signal arrived, the requeue signal arrived]
         received = torch.tensor([self._received is not None,
                                  self._received is not None and self._received == self._requeue_on], dtype=torch.int32)
-        if distributed.is_distributed():
+        if collectives.is_distributed():
             # Every rank stops at the same step, even if the signal reached only one.
-            received = distributed.all_reduce_sum(received.to(pl_module.device)).cpu()
+            received = collectives.all_reduce_sum(received.to(pl_module.device)).cpu()
         if int(received[0]) == 0:
             return
         step = trainer.global_step

@@ -12,7 +12,7 @@ import time
 
 import lightning as L
 
-from ssl_zoo import distributed
+from ssl_zoo.parallel import collectives
 
 
 class Throughput(L.Callback):
@@ -34,7 +34,7 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._last_end is not None and now > self._last_end:
-            self.rates.append(len(batch["labels"]) * distributed.world_size() / (now - self._last_end))
+            self.rates.append(len(batch["labels"]) * collectives.world_size() / (now - self._last_end))
             if len(self.rates) % self.log_every_n_steps == 0:
                 recent = statistics.median(self.rates[-self.log_every_n_steps :])
                 pl_module.log("perf/images_per_sec", recent, on_step=True, on_epoch=False)

@@ -1,4 +1,4 @@
-"""Attention and PCA pictures of a fixed set of images during training (ssl_zoo.visualize).
+"""Attention and PCA pictures of a fixed set of images during training (ssl_zoo.eval.visualize).
 
 The images are the first ``num_images`` of the kNN query split (eval transform), the same
 every time, so pictures of successive steps compare. Each time one PNG (a row per image:
@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from ssl_zoo.sharding import gathered
-from ssl_zoo.visualize import denormalize, draw_rows, pictures
+from ssl_zoo.eval.visualize import denormalize, draw_rows, pictures
+from ssl_zoo.parallel.fsdp import gathered
 
 
 class Visualizer(L.Callback):

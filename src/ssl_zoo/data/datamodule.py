@@ -23,9 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ssl_zoo import distributed
-from ssl_zoo.data.images import DataError, bad_image_report
 from ssl_zoo.data.sampling import EpochSampler, SeededBatches, already_collated
+from ssl_zoo.datasets.images import DataError, bad_image_report
+from ssl_zoo.parallel import collectives
 
 DatasetFactory = Callable[..., Dataset]
 
@@ -143,8 +143,8 @@ class SSLDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        rank = trainer.global_rank if trainer is not None else distributed.rank()
-        world = trainer.world_size if trainer is not None else distributed.world_size()
+        rank = trainer.global_rank if trainer is not None else collectives.rank()
+        world = trainer.world_size if trainer is not None else collectives.world_size()
         if isinstance(self.train_set, IterableDataset):
             if hasattr(self.train_set, "configure"):
                 self.train_set.configure(self.batch_size, self.num_workers, rank=rank, world_size=world)
@@ -172,7 +172,7 @@ class SSLDataModule(L.LightningDataModule):
         for dataset in (self.train_set, self.knn_train, self.knn_val):
             if dataset is not None and hasattr(dataset, "bad_images"):
                 entries.extend(dataset.bad_images())
-        entries = [entry for part in distributed.all_gather_objects(entries) for entry in part]
+        entries = [entry for part in collectives.all_gather_objects(entries) for entry in part]
         return bad_image_report(entries)
 
     def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]:
@@ -185,9 +185,9 @@ class SSLDataModule(L.LightningDataModule):
         says how many leading rows are real (the callback drops the rest)."""
         self.setup()
         shards = []
-        world = distributed.world_size()
+        world = collectives.world_size()
         for dataset in (self.knn_train, self.knn_val):
-            indices = list(range(distributed.rank(), len(dataset), world))
+            indices = list(range(collectives.rank(), len(dataset), world))
             share = -(-len(dataset) // world)
             subset = torch.utils.data.Subset(dataset, indices + indices[-1:] * (share - len(indices)))
             subset.num_real = len(indices)

@@ -18,7 +18,7 @@ Recipes (the defaults of MultiCropTransform are DINO's):
 How it is fast (the distribution is torchvision's, op by op):
 
 1. Decode small when nothing is lost: ``MultiCropTransform.max_decode_reduction(w, h)``
-   tells the image loader (``ssl_zoo.data.images``) by how much a JPEG may be decoded
+   tells the image loader (``ssl_zoo.datasets.images``) by how much a JPEG may be decoded
    smaller (PIL draft mode: 1/2, 1/4, 1/8 in the DCT). A crop box of area fraction s and
    aspect ratio r (width / height) on a W x H image has sides sqrt(s r W H) and
    sqrt(s W H / r); over s >= s_min and r in [3/4, 4/3] its smaller side is at least
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,6 +57,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from ssl_zoo.data import kernels
+from ssl_zoo.datasets.images import pil_rgb_to_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,14 +70,6 @@ DECODE_REDUCTIONS = (8, 4, 2, 1)  # what a JPEG decoder can do in the DCT (PIL d
 def blur_kernel_size(crop_size: int) -> int:
     """The odd kernel size nearest to 10% of the crop side (BYOL: 23 px at 224), >= 3."""
     return max(3, 2 * round((0.1 * crop_size - 1) / 2) + 1)
-
-
-def pil_rgb_to_tensor(image: Image.Image) -> torch.Tensor:
-    """(3, H, W) uint8 view of an RGB PIL image's pixels (one copy, channels-last memory,
-    which torch's uint8 resize kernels read directly). Read-only: do not write to it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable array"
-        return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
 
 
 def to_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:

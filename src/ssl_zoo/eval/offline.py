@@ -19,10 +19,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_zoo.checkpoints import load_backbone
 from ssl_zoo.eval.features import Features, Split, cached_features, file_sha256, folder_fingerprint
 from ssl_zoo.eval.knn import knn_class_scores
 from ssl_zoo.eval.linear import accuracies, few_shot, linear_probe
+from ssl_zoo.weights.load import load_backbone
 
 KINDS = ("knn", "linear", "fewshot")
 RUN_DATA = "run"  # the data tag of the run's own kNN sets in eval.json
@@ -87,7 +87,7 @@ def eval_transform(run_cfg: DictConfig, data: DictConfig):
 def build_splits(cfg: DictConfig, run_cfg: DictConfig, transform) -> tuple[Split, Split, str]:
     """(train split, val split, data tag): folders when data.train_root is set, else the
     run's kNN sets."""
-    from ssl_zoo.data.imagefolder import ImageFolder
+    from ssl_zoo.datasets.imagefolder import ImageFolder
 
     if cfg.data.train_root is not None:
         splits = []

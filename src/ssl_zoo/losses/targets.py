@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ssl_zoo import distributed
+from ssl_zoo.parallel import collectives
 
 TARGET_KINDS = ("centering", "sinkhorn_knopp")
 
@@ -87,7 +87,7 @@ def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, n_iterations: int
         q = torch.exp(teacher_logits.float().reshape(-1, shape[-1]) / temperature).t()  # (K, B)
         for _ in range(n_iterations):
             # Prototype marginal: sums over the global batch.
-            q /= distributed.all_reduce_sum(q.sum(dim=1, keepdim=True))
+            q /= collectives.all_reduce_sum(q.sum(dim=1, keepdim=True))
             # Sample marginal: each column (sample) sums to 1; ending here makes rows of the
             # returned targets probability distributions.
             q /= q.sum(dim=0, keepdim=True)
@@ -143,7 +143,7 @@ class SoftmaxCentering(nn.Module):
             # Sum and count, not a per-process mean: processes may hold different numbers of
             # rows (masked patches), even none, and the center is the mean over all of them.
             totals = torch.cat((flat.sum(dim=0), flat.new_tensor([flat.shape[0]])))
-            totals = distributed.all_reduce_sum(totals)
+            totals = collectives.all_reduce_sum(totals)
             # No rows anywhere, or a non-finite teacher output (an overflow that the
             # non-finite guard skips): the center stays as it is, uncorrupted.
             if not bool(torch.isfinite(totals).all() & (totals[-1] > 0)):

@@ -6,7 +6,7 @@ the networks its step calls), calls ``init_networks(backbone)`` at the end of it
 ``__init__``, and implements ``compute_loss(batch, step)`` returning ``(loss, logs)``.
 The base builds the EMA teacher from the student (``uses_teacher``), moves it after every
 real optimizer step, and shards student and teacher with the same policy in
-``configure_model`` when the strategy is FSDP2 (:mod:`ssl_zoo.sharding`); under DDP or
+``configure_model`` when the strategy is FSDP2 (:mod:`ssl_zoo.parallel.fsdp`); under DDP or
 one process ``configure_model`` does nothing. Everything else (what to log, when lr /
 weight decay change, when the teacher moves) lives here once, so methods stay short and
 comparable.
@@ -27,10 +27,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from ssl_zoo.checkpoints import CONFIG_KEY
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import ema_update, make_teacher, set_teacher_mode
-from ssl_zoo.optim import (
+from ssl_zoo.optim.param_groups import (
     OPTIMIZERS,
     build_optimizer,
     build_param_groups,
@@ -38,8 +37,9 @@ from ssl_zoo.optim import (
     clip_grad_norm_per_parameter,
     clip_grad_norm_total,
 )
-from ssl_zoo.run_length import RunLength, plan_run_length
-from ssl_zoo.schedules import cosine_schedule
+from ssl_zoo.optim.run_plan import RunLength, plan_run_length
+from ssl_zoo.optim.schedules import cosine_schedule
+from ssl_zoo.weights.load import CONFIG_KEY
 
 
 class SSLMethod(L.LightningModule):
@@ -261,13 +261,13 @@ class SSLMethod(L.LightningModule):
     # --- Lightning hooks --------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Under FSDP2 (:class:`ssl_zoo.sharding.FSDP2Strategy`), shard student, teacher and
+        """Under FSDP2 (:class:`ssl_zoo.parallel.fsdp.FSDP2Strategy`), shard student, teacher and
         the other trainable modules with one policy; under any other strategy, nothing.
         Lightning calls this before the optimizer is built, so it sees the sharded
         parameters."""
         if self.student is None:
             raise TypeError(f"{type(self).__name__}.__init__ must call self.init_networks(backbone)")
-        from ssl_zoo.sharding import FSDP2Strategy, shard_method
+        from ssl_zoo.parallel.fsdp import FSDP2Strategy, shard_method
 
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, FSDP2Strategy) and not self.sharded:

@@ -18,7 +18,7 @@ from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.models.init_from import load_heads
+from ssl_zoo.weights.official import load_heads
 
 
 class DINO(SSLMethod):
@@ -36,7 +36,7 @@ class DINO(SSLMethod):
         center_momentum: EMA of the center (0.9).
         head_init_from: initial head weights: an official DINO head (a DINO training
             checkpoint, teacher's by default), a DINOv2 ``dino_head``, or an ``ssl-zoo
-            export ... head=true`` file (:mod:`ssl_zoo.models.init_from`).
+            export ... head=true`` file (:mod:`ssl_zoo.weights.official`).
         momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine (0.996).
         **optim: see :class:`SSLMethod`; gradients are clipped per parameter
             (``grad_clip_mode=per_parameter``) and the frozen last layer gets no

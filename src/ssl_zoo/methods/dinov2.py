@@ -20,7 +20,7 @@ from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.models.init_from import load_heads
+from ssl_zoo.weights.official import load_heads
 
 
 class DINOv2(SSLMethod):
@@ -40,7 +40,7 @@ class DINOv2(SSLMethod):
         head_init_from: initial head weights: an official DINOv2 ``dino_head`` /
             ``ibot_head`` (teacher's by default), a DINO head, or an ``ssl-zoo export ...
             head=true`` file, whose iBOT mask token also initialises the backbone's
-            (:mod:`ssl_zoo.models.init_from`).
+            (:mod:`ssl_zoo.weights.official`).
         momentum_teacher: 0.992 (cosine to 1).
         **optim: see :class:`SSLMethod`; the reference uses layer_decay 0.9,
             patch_embed_lr_mult 0.2, freeze_last_layer_epochs 1, epochs of 1250

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from ssl_zoo.methods.base import _check
-from ssl_zoo.schedules import linear_warmup
+from ssl_zoo.optim.schedules import linear_warmup
 
 
 class Temperatures:

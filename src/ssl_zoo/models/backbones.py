@@ -39,7 +39,7 @@ class Backbone(nn.Module):
             block to ``drop_path_rate`` at the last (DINO's rule).
         init_from: initial weights: an official DINO / DINOv2 file, an ``ssl-zoo
             export`` safetensors file or an ssl_zoo training checkpoint (mapping and
-            rules: :mod:`ssl_zoo.models.init_from`). Loading is strict about keys and
+            rules: :mod:`ssl_zoo.weights.official`). Loading is strict about keys and
             shapes. A mask token in the file initialises the iBOT mask token when the
             method enables one.
         init_from_key: ``teacher`` or ``student``: which network of a training
@@ -84,7 +84,7 @@ class Backbone(nn.Module):
         self._masks: torch.Tensor | None = None
         self._init_mask_token: torch.Tensor | None = None
         if init_from:
-            from ssl_zoo.models.init_from import load_backbone_weights
+            from ssl_zoo.weights.official import load_backbone_weights
 
             self._init_mask_token = load_backbone_weights(self, init_from, init_from_key)
 

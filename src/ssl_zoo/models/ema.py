@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ssl_zoo.distributed import local_tensor
+from ssl_zoo.parallel.collectives import local_tensor
 
 
 def make_teacher(student: nn.Module) -> nn.Module:

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ssl_zoo.data.transforms import pil_rgb_to_tensor
 from ssl_zoo.errors import UserError
 
 IMAGE_EXTENSIONS = (
@@ -54,6 +53,14 @@ BAD_IMAGE_POLICIES = ("skip", "raise")
 EXAMPLES = 5  # bad files named in warnings and reports
 
 Reduction = Callable[[int, int], int]
+
+
+def pil_rgb_to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 view of an RGB PIL image's pixels (one copy, channels-last memory,
+    which torch's uint8 resize kernels read directly). Read-only: do not write to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable array"
+        return torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
 
 
 class DataError(UserError):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ssl_zoo.data.generated import GeneratedDataset
+from ssl_zoo.datasets.generated import GeneratedDataset
 
 # The first `num_classes` names are used; the most distinct shapes come first.
 SHAPE_NAMES = (

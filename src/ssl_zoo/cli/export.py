@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         print(HELP)
         return 0
     from ssl_zoo.errors import UserError, one_line
-    from ssl_zoo.export import export_backbone
+    from ssl_zoo.weights.export import export_backbone
 
     try:
         args = _parse(argv)

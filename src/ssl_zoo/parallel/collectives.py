@@ -43,7 +43,7 @@ def all_reduce_sum_autograd(tensor: torch.Tensor, group: dist.ProcessGroup | Non
     differentiable: the backward all-reduces the gradient, i.e. each process receives the
     gradient of the sum of every process's loss, which is what DDP then averages. Every
     process must run the backward through it (as DDP does); the identity without a
-    process group. Used by ssl_zoo.models.sync_batchnorm for the cross-process batch
+    process group. Used by ssl_zoo.parallel.sync_batchnorm for the cross-process batch
     statistics.
 
     torch's functional collective, not ``torch.distributed.nn.functional.all_reduce``

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ssl_zoo.data.images import DataError
+from ssl_zoo.datasets.images import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"

@@ -1,12 +1,12 @@
 """`ssl-zoo viz ckpt=PATH images=DIR out=DIR [key=value ...]`: attention and PCA pictures
-of a checkpoint's backbone, one PNG per image (ssl_zoo.visualize)."""
+of a checkpoint's backbone, one PNG per image (ssl_zoo.eval.visualize)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ssl_zoo.cli_common import UsageError, compose_tool, fail, keys_help
+from ssl_zoo.cli.common import UsageError, compose_tool, fail, keys_help
 
 PROG = "ssl-zoo viz"
 HELP = f"""usage: {PROG} ckpt=PATH images=DIR out=DIR [key=value ...]
@@ -28,9 +28,9 @@ def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv or (argv and argv[0] == "help"):
         print(HELP + keys_help("viz"))
         return 0
-    from ssl_zoo.checkpoints import CheckpointError
-    from ssl_zoo.data.images import DataError
-    from ssl_zoo.visualize import VizError
+    from ssl_zoo.datasets.images import DataError
+    from ssl_zoo.eval.visualize import VizError
+    from ssl_zoo.weights.load import CheckpointError
 
     try:
         cfg = compose_tool("viz", argv)
@@ -48,10 +48,10 @@ def run(cfg) -> tuple[list[Path], str | None]:
     import torch
     from omegaconf import OmegaConf
 
-    from ssl_zoo.checkpoints import load_backbone
-    from ssl_zoo.data.imagefolder import ImageFolder
     from ssl_zoo.data.transforms import EvalTransform
-    from ssl_zoo.visualize import VizError, denormalize, draw_rows, pictures
+    from ssl_zoo.datasets.imagefolder import ImageFolder
+    from ssl_zoo.eval.visualize import VizError, denormalize, draw_rows, pictures
+    from ssl_zoo.weights.load import load_backbone
 
     for key in ("ckpt", "images", "out"):
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ssl_zoo.checkpoints import CheckpointError, backbone_state_dict, load_checkpoint, run_config
 from ssl_zoo.errors import UserError
-from ssl_zoo.models.init_from import to_official_head
+from ssl_zoo.weights.load import CheckpointError, backbone_state_dict, load_checkpoint, run_config
+from ssl_zoo.weights.official import to_official_head
 
 # Backbone arguments without effect on the exported weights' features (the model name is
 # create_model's first argument; init_from only chose the starting weights).

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ssl_zoo.distributed import full_norms, local_tensor
+from ssl_zoo.parallel.collectives import full_norms, local_tensor
 
 _EMBEDDING_NAMES = ("pos_embed", "patch_embed", "cls_token", "reg_token", "mask_token", "register_tokens")
 _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -96,7 +96,7 @@ def clip_grad_norm_per_parameter(params: Iterable[nn.Parameter], max_norm: float
 
     DINO's ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)``, applied
     only where it is < 1. Parameters without a gradient are skipped. Norms are of whole
-    gradients, also when FSDP2 shards them (:func:`ssl_zoo.distributed.full_norms`)."""
+    gradients, also when FSDP2 shards them (:func:`ssl_zoo.parallel.collectives.full_norms`)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return

@@ -6,7 +6,7 @@ convert every BatchNorm of student and teacher to SyncBatchNorm under multi-proc
 training: the statistics are those of the global batch, as in one process.
 
 How: each process computes, per channel, its count, sum and sum of squares; one
-differentiable all-reduce (``ssl_zoo.distributed.all_reduce_sum_autograd``) of these
+differentiable all-reduce (``ssl_zoo.parallel.collectives.all_reduce_sum_autograd``) of these
 2C+1 numbers gives the global mean and (biased) variance. Autograd differentiates
 through the all-reduce, so the backward is exact (input, weight and bias gradients
 equal those of one process on the whole batch) and needs no hand-written formula.
@@ -17,7 +17,7 @@ BatchNorm, bitwise.
 
 Use :func:`convert_sync_batchnorm` on a model (e.g. in an FSDP2 ``configure_model``,
 where Lightning ignores layer-sync plugins), or the Lightning plugin
-``ssl_zoo.layer_sync.SyncBatchNormLayerSync`` (``ssl_zoo.train`` passes it for
+``ssl_zoo.parallel.layer_sync.SyncBatchNormLayerSync`` (``ssl_zoo.train`` passes it for
 ``trainer.sync_batchnorm=true`` on anything but CUDA GPUs, where torch's fused
 SyncBatchNorm is used). Plain torch, like the rest of models/: no Lightning import.
 """
@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ssl_zoo import distributed
+from ssl_zoo.parallel import collectives
 
 # Converted: exactly these classes. A subclass (e.g. timm's BatchNormAct2d) may add
 # behaviour to forward that a conversion would silently drop, so it is refused instead.
@@ -65,7 +65,7 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"SyncBatchNorm expects input (N, C, *), got {input.dim()}D input")
 
     def _world_size(self) -> int:
-        if not distributed.is_distributed():
+        if not collectives.is_distributed():
             return 1
         return dist.get_world_size(self.process_group)
 
@@ -99,7 +99,7 @@ class SyncBatchNorm(_BatchNorm):
             sums = x.sum(dim=dims).double()
             squares = (x * x).sum(dim=dims).double()
         local = torch.cat([sums, squares, sums.new_full((1,), float(count))])
-        total = distributed.all_reduce_sum_autograd(local, self.process_group)
+        total = collectives.all_reduce_sum_autograd(local, self.process_group)
         n = total[-1].detach()
         global_count = int(n.item())
         if global_count <= 1:

@@ -80,7 +80,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """A file as Lightning loads it, or an FSDP2 checkpoint directory consolidated in this
         process (so a sharded run resumes on one process or under DDP)."""
-        from ssl_zoo.checkpoints import is_sharded_checkpoint, load_checkpoint
+        from ssl_zoo.weights.load import is_sharded_checkpoint, load_checkpoint
 
         if is_sharded_checkpoint(path):
             return load_checkpoint(path, optimizer=True)

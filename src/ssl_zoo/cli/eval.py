@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssl_zoo.cli_common import UsageError, compose_tool, fail, keys_help
+from ssl_zoo.cli.common import UsageError, compose_tool, fail, keys_help
 
 PROG = "ssl-zoo eval"
 HELP = f"""usage: {PROG} knn|linear|fewshot ckpt=PATH [key=value ...]
@@ -34,9 +34,9 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help") or "--help" in argv or "-h" in argv:
         print(HELP + keys_help("eval"))
         return 0
-    from ssl_zoo.checkpoints import CheckpointError
-    from ssl_zoo.data.images import DataError
+    from ssl_zoo.datasets.images import DataError
     from ssl_zoo.eval.offline import KINDS, EvalError, evaluate
+    from ssl_zoo.weights.load import CheckpointError
 
     kind, overrides = argv[0], argv[1:]
     try:

@@ -15,7 +15,7 @@ tensors without communication (``ssl_zoo.models.ema``):
 - Lightning builds the optimizer after this, over the sharded parameters.
 
 Checkpoints are torch.distributed.checkpoint directories (one file per process plus
-metadata), which load on any number of processes; :mod:`ssl_zoo.checkpoints` reads them
+metadata), which load on any number of processes; :mod:`ssl_zoo.weights.load` reads them
 in one process for eval, viz and export.
 """
 
@@ -90,7 +90,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         shards. The file's optimizer state is keyed by position in the param groups, which
         Lightning would map to names in ``named_parameters`` order (another order than our
         groups'): it is mapped here by the groups themselves."""
-        from ssl_zoo.checkpoints import is_sharded_checkpoint, load_checkpoint
+        from ssl_zoo.weights.load import is_sharded_checkpoint, load_checkpoint
 
         path = self.broadcast(checkpoint_path)
         if is_sharded_checkpoint(path):

@@ -3,7 +3,7 @@
 Labels come from first-level class folders when the tree has them (``root/<class>/**``,
 torchvision ImageFolder style, any depth below the class folder); a tree with images
 directly in the root is unlabeled (label -1), which is all pretraining needs. Images are
-recognised by extension, case-insensitively (``ssl_zoo.data.images.IMAGE_EXTENSIONS``);
+recognised by extension, case-insensitively (``ssl_zoo.datasets.images.IMAGE_EXTENSIONS``);
 files and folders whose name starts with a dot are ignored; the order is the sorted
 relative paths, the same on every machine. Other files are bad files (see images.py):
 skipped and counted, or the run stops with ``on_bad_image=raise``.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_zoo.data.images import (
+from ssl_zoo.datasets.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
     BadImageLog,

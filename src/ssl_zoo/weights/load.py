@@ -244,7 +244,7 @@ def load_backbone(path: str | Path, which: str = "teacher"):
 def newest_checkpoint(directory: str | Path) -> tuple[Path | None, list[str]]:
     """(the complete checkpoint in ``directory`` with the highest global step, or None;
     why other files were passed over). Ties go to last.ckpt, then to the newer file.
-    Saves are atomic (ssl_zoo.checkpoint_io), so a file that loads is complete; one that
+    Saves are atomic (ssl_zoo.weights.atomic), so a file that loads is complete; one that
     does not (copied in part, from another tool) is skipped, not fatal."""
     directory = Path(directory)
     best, best_key, skipped = None, None, []

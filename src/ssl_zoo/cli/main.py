@@ -65,8 +65,8 @@ def _data_parser() -> argparse.ArgumentParser:
 def _data(argv: list[str]) -> int:
     import logging
 
-    from ssl_zoo.data.images import DataError
-    from ssl_zoo.data.shards import INDEX_SUFFIX, write_shards
+    from ssl_zoo.datasets.images import DataError
+    from ssl_zoo.datasets.shards import INDEX_SUFFIX, write_shards
 
     args = _data_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command == "train":
-        from ssl_zoo import train_app
+        from ssl_zoo.cli import train_app
 
         # Lightning's DDP launcher re-runs `python <sys.argv[0]> <overrides>` per extra
         # process, or `python -m <__main__ module>` when there is one: make both point at
@@ -117,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     if command == "data":
         return _data(rest)
     if command == "eval":
-        from ssl_zoo import cli_eval
+        from ssl_zoo.cli import eval as cli_eval
 
         return cli_eval.main(rest)
     if command == "viz":
-        from ssl_zoo import cli_viz
+        from ssl_zoo.cli import viz as cli_viz
 
         return cli_viz.main(rest)
     if command == "export":
-        from ssl_zoo.cli_export import main as export_main
+        from ssl_zoo.cli.export import main as export_main
 
         return export_main(rest)
     print(f"ssl-zoo: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)

@@ -26,7 +26,7 @@ Reading (:class:`ShardDataset`, an IterableDataset):
   re-reads them.
 - Shuffle: shard order per epoch, then a buffer of ``shuffle_buffer`` encoded samples
   (bytes, decoded only when they leave the buffer).
-- Bad images are skipped and counted like image folders (``ssl_zoo.data.images``); the
+- Bad images are skipped and counted like image folders (``ssl_zoo.datasets.images``); the
   next sample takes the place, so batches stay full.
 """
 
@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ssl_zoo.data.images import (
+from ssl_zoo.datasets.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
     BadImageLog,
@@ -88,7 +88,7 @@ def write_shards(
     tar shards of ``shard_size`` samples into ``dst``; returns the index (also written
     to ``dst/<prefix>-index.json``). Bad files are skipped and counted (``verify``
     decodes every image to catch truncated data too, ~2 ms per image)."""
-    from ssl_zoo.data.imagefolder import ImageFolder
+    from ssl_zoo.datasets.imagefolder import ImageFolder
 
     if not isinstance(shard_size, int) or shard_size < 1:
         raise DataError(f"--shard-size must be an int >= 1, got {shard_size!r}")

@@ -1,4 +1,4 @@
-"""Lightning layer-sync plugin for ssl_zoo's SyncBatchNorm (models/sync_batchnorm.py).
+"""Lightning layer-sync plugin for ssl_zoo's SyncBatchNorm (parallel/sync_batchnorm.py).
 
 Apart from the module so that models/ stays plain torch (no Lightning import), like
 ``checkpoint_io.py`` holds the checkpoint plugin.
@@ -11,8 +11,8 @@ from lightning.pytorch.plugins import LayerSync
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from ssl_zoo import distributed
-from ssl_zoo.models.sync_batchnorm import (
+from ssl_zoo.parallel import collectives
+from ssl_zoo.parallel.sync_batchnorm import (
     SyncBatchNorm,
     convert_sync_batchnorm,
     revert_sync_batchnorm,
@@ -33,7 +33,7 @@ class SyncBatchNormLayerSync(LayerSync):
         count = sum(isinstance(m, SyncBatchNorm) for m in model.modules())
         rank_zero_info(
             f"sync_batchnorm: {count} BatchNorm layers normalise with the statistics of all "
-            f"{distributed.world_size()} processes (ssl_zoo SyncBatchNorm, any device)"
+            f"{collectives.world_size()} processes (ssl_zoo SyncBatchNorm, any device)"
         )
         return model
 

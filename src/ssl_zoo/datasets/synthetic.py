@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssl_zoo.data.generated import GeneratedDataset
-from ssl_zoo.data.shapes import _SHAPE_FNS, SHAPE_NAMES
+from ssl_zoo.datasets.generated import GeneratedDataset
+from ssl_zoo.datasets.shapes import _SHAPE_FNS, SHAPE_NAMES
 
 
 def _smooth_field(rng: np.random.Generator, n: int, size: int, coarse: int = 4) -> np.ndarray:
