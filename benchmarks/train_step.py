@@ -19,6 +19,7 @@ import torch
 from report import cpu_facts, write_section
 
 from ssl_zoo.config import compose_config
+from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.train import build_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def time_steps(method: str, backbone: str, extra: list[str], precision: str, ste
     module, datamodule = parts["method"], parts["datamodule"]
     datamodule.setup()
     batch_data = next(iter(datamodule.train_dataloader()))
-    module.setup_schedules(total_steps=100, steps_per_epoch=10, global_batch_size=batch)
+    module.plan_run(RunPlan(total_steps=100, steps_per_data_epoch=10, global_batch_size=batch))
     optimizer = module.configure_optimizers()
     module.train()
     times = []

@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_zoo.config import compose_config  # noqa: E402
 from ssl_zoo.data.masking import sample_masks  # noqa: E402
+from ssl_zoo.optim.run_plan import RunPlan  # noqa: E402
 from ssl_zoo.parallel import collectives  # noqa: E402
 from ssl_zoo.parallel.fsdp import FSDP2Strategy  # noqa: E402
 from ssl_zoo.parallel.layer_sync import SyncBatchNormLayerSync  # noqa: E402
-from ssl_zoo.train import _build_collate, build  # noqa: E402
+from ssl_zoo.train import _build_collate, build, build_method  # noqa: E402
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -112,8 +113,9 @@ def run_case(strategy_name: str, overrides: list[str], sync_batchnorm: bool) -> 
     cfg = compose_config(overrides, Path(tempfile.mkdtemp()))
     L.seed_everything(cfg.seed, workers=True)
     backbone = build(cfg.backbone, "backbone")
-    method = build(cfg.method, "method", backbone=backbone)
+    method = build_method(cfg, backbone)
     batches = global_batches(cfg, backbone, method)
+    method.plan_run(RunPlan(total_steps=STEPS, steps_per_data_epoch=len(batches), global_batch_size=GLOBAL_BATCH))
 
     world = 1 if strategy_name == "single" else 2
     strategy = {"single": "auto", "ddp": "ddp", "fsdp": FSDP2Strategy()}[strategy_name]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssl_zoo.optim.run_plan import RunPlan
 from tests.conftest import REPO_ROOT
 
 # One xdist worker runs the module: the three launches (1 process, DDP, FSDP2) are shared.
@@ -44,10 +45,10 @@ METHODS = {
                        "method.teacher_targets=sinkhorn_knopp"], False),
     # resnet10t and the BatchNorm head (the default DINO), BatchNorm synchronised
     "dino_batchnorm": (["method=dino", *CNN, "method.out_dim=256", "method.hidden_dim=128", "method.bottleneck_dim=64",
-                        "method.optimizer=sgd", "method.base_lr=0.1"], True),
+                        "optim/optimizer=sgd", "optim.schedule.base_lr=0.1"], True),
     # BYOL's projector and predictor have BatchNorm too
     "byol": (["method=byol", *CNN, "method.projector_hidden_dim=128", "method.predictor_hidden_dim=128",
-              "method.optimizer=sgd", "method.base_lr=0.1"], True),
+              "optim/optimizer=sgd", "optim.schedule.base_lr=0.1"], True),
 }
 STRATEGIES = ("ddp", "fsdp")
 
@@ -121,7 +122,7 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
     from lightning import seed_everything
 
     from ssl_zoo.config import compose_config
-    from ssl_zoo.train import build
+    from ssl_zoo.train import build, build_method
     from tests.equivalence_worker import GLOBAL_BATCH, global_batches, rank_slice
 
     overrides = [o for o in METHODS["dinov2"][0] if not o.startswith("method.koleo_weight")] + ["method.koleo_weight=0.1"]
@@ -131,15 +132,15 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
         cfg = compose_config(overrides, tmp_path / "compose")
         seed_everything(cfg.seed)
         backbone = build(cfg.backbone, "backbone")
-        method = build(cfg.method, "method", backbone=backbone)
-        method.setup_schedules(total_steps=3, steps_per_epoch=3, global_batch_size=GLOBAL_BATCH)
+        method = build_method(cfg, backbone)
+        method.plan_run(RunPlan(total_steps=3, steps_per_data_epoch=3, global_batch_size=GLOBAL_BATCH))
         _, logs = method.compute_loss(batch, step=0)
         return float(logs["koleo_loss"])
 
     cfg = compose_config(overrides, tmp_path / "compose")
     seed_everything(cfg.seed)
     backbone = build(cfg.backbone, "backbone")
-    first = global_batches(cfg, backbone, build(cfg.method, "method", backbone=backbone))[0]
+    first = global_batches(cfg, backbone, build_method(cfg, backbone))[0]
     per_process = [koleo_of(rank_slice(first, rank, 2)) for rank in range(2)]
     whole = koleo_of(first)
     assert actual["koleo"][0] == pytest.approx(sum(per_process) / 2, rel=1e-5)

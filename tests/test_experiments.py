@@ -7,7 +7,8 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from ssl_zoo.config import CONFIG_DIR
-from ssl_zoo.optim.run_plan import batches_per_epoch, plan_run_length
+from ssl_zoo.data.sampling import batches_per_epoch
+from ssl_zoo.optim.run_plan import plan_run_length
 from ssl_zoo.train import build_all
 from tests.conftest import SHARED, compose_config
 

@@ -76,7 +76,7 @@ def test_export_round_trips_into_continued_pretraining(runs, kind, tmp_path):
     teacher = {k[len("teacher."):]: v for k, v in load_checkpoint(ckpt)["state_dict"].items() if k.startswith("teacher.")}
     cfg = run_config(ckpt)
     backbone = instantiate(cfg.backbone, init_from=info["file"])
-    method = instantiate(cfg.method, backbone=backbone, head_init_from=info["head_file"])
+    method = instantiate(cfg.method, backbone=backbone, optim=instantiate(cfg.optim), head_init_from=info["head_file"])
     for net in (method.student, method.teacher):
         state = net.state_dict()
         assert set(state) == set(teacher)

@@ -9,6 +9,7 @@ import pytest
 
 from ssl_zoo.callbacks.health import HealthMonitor, diagnose, measure
 from ssl_zoo.methods.base import SSLMethod
+from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.train import build_all, train
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 
@@ -35,7 +36,7 @@ def test_symptom_rules():
                "teacher_entropy": 2.6, "kl_to_uniform": 0.6, "prototype_usage": 0.17}
     assert diagnose(healthy, dims, step=5) == {}
     found = diagnose({**healthy, "embedding_std": 1e-5, "embedding_std_ratio": 2e-4, "rankme": 1.01}, dims, step=5)
-    assert list(found) == ["representation_collapse"] and "lower method.base_lr" in found["representation_collapse"]
+    assert list(found) == ["representation_collapse"] and "lower optim.schedule.base_lr" in found["representation_collapse"]
     assert list(diagnose({**healthy, "teacher_entropy": ln_k, "kl_to_uniform": 0.0}, dims, 5)) == ["uniform_collapse"]
     sharp = diagnose({**healthy, "teacher_entropy": 0.0, "kl_to_uniform": ln_k, "prototype_usage": 1 / 256}, dims, 5)
     assert list(sharp) == ["sharp_collapse"] and "1 of K=256" in sharp["sharp_collapse"]
@@ -66,7 +67,7 @@ def test_sharp_collapse_stops_the_run_when_asked(compose_cfg, tmp_path, caplog):
     # student closely and a high lr: every image goes to one prototype within a few steps
     # (5 with one data order, ~10 with another: the limit leaves room for any seed).
     cfg = compose_cfg([*QUIET, "trainer.max_steps=40", "method.center_momentum=1.0", "method.teacher_temp=0.01",
-                       "method.warmup_teacher_temp=0.01", "method.momentum_teacher=0.5", "method.base_lr=0.1",
+                       "method.warmup_teacher_temp=0.01", "method.momentum_teacher=0.5", "optim.schedule.base_lr=0.1",
                        "callbacks.health.stop_on_collapse=true"])
     with caplog.at_level(logging.WARNING, logger="ssl_zoo.health"):
         summary = train(cfg, tmp_path)
@@ -84,7 +85,7 @@ def test_step_signals_follow_the_contract_and_sinkhorn_has_no_center(compose_cfg
     method, datamodule = parts["method"], parts["datamodule"]
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=8)
+    method.plan_run(RunPlan(total_steps=10, steps_per_data_epoch=5, global_batch_size=8))
     method.compute_loss(batch, step=0)
     signals = method.step_signals
     assert set(signals) == {"student_features", "eval_features", "teacher_probs"} <= set(SSLMethod.STEP_SIGNALS)

@@ -117,7 +117,7 @@ def test_a_non_finite_gradient_names_its_parameter_once_with_the_fix(compose_cfg
     assert guard.skipped_steps == 3 and guard.causes == {cause: 3}
     lines = [m for m in _warnings(caplog) if cause in m]
     assert len(lines) == 1, lines  # once per cause, not once per step
-    assert lines[0].startswith("step 1: ") and "method.base_lr" in lines[0] and "counted" in lines[0]
+    assert lines[0].startswith("step 1: ") and "optim.schedule.base_lr" in lines[0] and "counted" in lines[0]
     assert parts["trainer"].global_step == 6
 
 

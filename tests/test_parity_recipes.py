@@ -13,8 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssl_zoo.optim.run_plan import batches_per_epoch, plan_run_length
-from ssl_zoo.train import build
+from ssl_zoo.data.sampling import batches_per_epoch
+from ssl_zoo.optim.run_plan import plan_run_length
+from ssl_zoo.train import build, build_method
 from tests.conftest import compose_config
 from tests.parity import load_fixture, parity_dir
 
@@ -34,11 +35,12 @@ def build_as_trainer_would(name: str, world_size: int, batch_size: int, dataset_
     cfg = compose_config([f"experiment={name}", f"data.batch_size={batch_size}"], run_dir)
     with torch.device("meta"):
         backbone = build(cfg.backbone, "backbone")
-        method = build(cfg.method, "method", backbone=backbone)
+        method = build_method(cfg, backbone)
     accumulate = cfg.trainer.accumulate_grad_batches
     batches = batches_per_epoch(dataset_size, world_size, batch_size, drop_last=True)
-    run = plan_run_length(batches, accumulate, cfg.trainer.max_epochs, cfg.trainer.max_steps)
-    method.plan_schedules(run, global_batch_size=world_size * batch_size * accumulate)
+    run = plan_run_length(batches, accumulate, cfg.trainer.max_epochs, cfg.trainer.max_steps,
+                          global_batch_size=world_size * batch_size * accumulate)
+    method.plan_run(run)
     return method, method.configure_optimizers(), run
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ssl_zoo.optim.run_plan import RunLengthError, batches_per_epoch, plan_run_length
+from ssl_zoo.data.sampling import batches_per_epoch
+from ssl_zoo.optim.run_plan import RunLengthError, plan_run_length
 from ssl_zoo.train import ConfigError, build_all, train
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 
@@ -70,11 +71,11 @@ def test_disagreeing_limits_stop_before_training(compose_cfg, tmp_path):
 
 
 def test_schedules_are_sized_for_the_planned_run(compose_cfg):
-    parts = build_all(compose_cfg([*TINY_RUN, "trainer.max_steps=40", "method.warmup_epochs=1"]))
+    parts = build_all(compose_cfg([*TINY_RUN, "trainer.max_steps=40", "optim.schedule.warmup_epochs=1"]))
     method = parts["method"]
-    method.plan_schedules(plan_run_length(8, 1, None, 40), global_batch_size=32)
-    assert (method.total_steps, method.steps_per_epoch, method.warmup_steps) == (40, 8, 8)
-    method.iterations_per_epoch = 5  # an "epoch" of 5 iterations, whatever the data
-    method.plan_schedules(plan_run_length(8, 1, None, 40), global_batch_size=32)
-    assert (method.total_steps, method.steps_per_epoch, method.warmup_steps) == (40, 5, 5)
-    assert torch.isfinite(torch.tensor(method.lr_at(39)))
+    method.plan_run(plan_run_length(8, 1, None, 40, global_batch_size=32))
+    assert (method.total_steps, method.steps_per_epoch, method.schedule.warmup_steps) == (40, 8, 8)
+    method.schedule.iterations_per_epoch = 5  # an "epoch" of 5 iterations, whatever the data
+    method.plan_run(plan_run_length(8, 1, None, 40, global_batch_size=32))
+    assert (method.total_steps, method.steps_per_epoch, method.schedule.warmup_steps) == (40, 5, 5)
+    assert torch.isfinite(torch.tensor(method.schedule.lr_at(39)))

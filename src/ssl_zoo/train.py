@@ -36,7 +36,7 @@ from ssl_zoo.callbacks.throughput import Throughput
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
-from ssl_zoo.optim.run_plan import RunLengthError, batches_per_epoch, plan_run_length
+from ssl_zoo.optim.run_plan import RunLengthError, RunPlan, plan_run_length
 from ssl_zoo.parallel.cluster import check_launch
 from ssl_zoo.parallel.fsdp import check_shardable
 from ssl_zoo.parallel.precision import check_precision
@@ -92,10 +92,17 @@ def _check_crop_sizes(cfg: DictConfig, backbone) -> None:
             )
 
 
+def build_method(cfg: DictConfig, backbone=None):
+    """The configured method around ``backbone`` (built from cfg.backbone if None), with
+    the run's optimizer recipe (cfg.optim) injected."""
+    backbone = build(cfg.backbone, "backbone") if backbone is None else backbone
+    return build(cfg.method, "method", backbone=backbone, optim=build(cfg.optim, "optim"))
+
+
 def build_all(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and cross-check datamodule, method, callbacks, logger and trainer."""
     backbone = build(cfg.backbone, "backbone")
-    method = build(cfg.method, "method", backbone=backbone)
+    method = build_method(cfg, backbone)
     transform_cfg = cfg.augmentation.transform
     try:
         method.check_views(transform_cfg.n_global, transform_cfg.n_local)
@@ -114,6 +121,9 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     logger = build(cfg.logger, "logger") if cfg.get("logger") is not None else False
     trainer = build(sync_batchnorm_on_any_device(cfg.trainer), "trainer", callbacks=callbacks, logger=logger)
     check_shardable(trainer.strategy, method)
+    global_batch = check_batch_sizes(datamodule, trainer)
+    datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
+    method.plan_run(plan_run(datamodule, trainer, global_batch))
     return {"method": method, "datamodule": datamodule, "trainer": trainer, "callbacks": callbacks}
 
 
@@ -135,20 +145,16 @@ def sync_batchnorm_on_any_device(trainer_cfg: DictConfig) -> DictConfig:
     return node
 
 
-def check_run_length(datamodule, trainer: L.Trainer) -> None:
-    """ConfigError, before training, when trainer.max_steps / max_epochs give no run or two
-    different ones (the run would stop at the shorter and the schedules would not fit)."""
-    train_set = datamodule.train_set
-    try:
-        n_images = len(train_set)
-    except TypeError:
-        n_images = None
-    if n_images is None or isinstance(train_set, torch.utils.data.IterableDataset):
-        return  # streamed data: on_train_start checks with the loader's own batch count
+def plan_run(datamodule, trainer: L.Trainer, global_batch_size: int) -> RunPlan:
+    """The run plan (global batch, optimizer steps, steps per pass over the data), made
+    once before training; a ConfigError when trainer.max_steps / max_epochs give no run
+    or two different ones (the run would stop at the shorter and the schedules would not fit)."""
     world = int(trainer.num_devices) * int(trainer.num_nodes)
-    batches = batches_per_epoch(n_images, world, datamodule.batch_size, drop_last=True)
     try:
-        plan_run_length(batches, trainer.accumulate_grad_batches, trainer.max_epochs, trainer.max_steps)
+        return plan_run_length(
+            datamodule.batches_per_epoch(world), trainer.accumulate_grad_batches, trainer.max_epochs,
+            trainer.max_steps, global_batch_size=global_batch_size,
+        )
     except RunLengthError as err:
         raise ConfigError(str(err)) from None
 
@@ -250,9 +256,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     parts = build_all(cfg)
     trainer: L.Trainer = parts["trainer"]
     datamodule = parts["datamodule"]
-    check_batch_sizes(datamodule, trainer)
-    datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
-    check_run_length(datamodule, trainer)
     ckpt_path = resume_checkpoint(cfg, trainer)
     if ckpt_path:
         check_resumable(ckpt_path, parts["method"], cfg.backbone.model_name)

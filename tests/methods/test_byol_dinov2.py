@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.train import ConfigError, build_all
 from tests.conftest import TINY_DATA, TINY_VIT
 
@@ -18,7 +19,7 @@ def _method_and_batch(compose_cfg, overrides):
     datamodule = parts["datamodule"]
     datamodule.setup("fit")
     method = parts["method"]
-    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=32)
+    method.plan_run(RunPlan(total_steps=10, steps_per_data_epoch=5, global_batch_size=32))
     return method, next(iter(datamodule.train_dataloader())), parts
 
 
@@ -113,7 +114,7 @@ def test_dinov2_head_last_layer_magnitude_is_trained(compose_cfg, shared):
 def test_dinov2_clips_each_student_submodule_separately(compose_cfg):
     method, _, _ = _method_and_batch(compose_cfg, [*TINY_DINOV2, "method.separate_ibot_head=true",
                                                    "method.ibot_out_dim=96"])
-    assert method.grad_clip_mode == "per_module"
+    assert method.optim.grad_clip_mode == "per_module"
     generator = torch.Generator().manual_seed(0)
     scales = {"backbone": 10.0, "dino_head": 5.0, "ibot_head": 1e-4}  # the last one is under 3
     for name, module in method.student.items():
@@ -135,7 +136,7 @@ def test_dinov2_clips_each_student_submodule_separately(compose_cfg):
 def test_global_clipping_stays_an_option(compose_cfg, method_name):
     overrides = TINY_DINOV2 if method_name == "dinov2" else [*TINY_DATA, *TINY_VIT, *QUIET, "method.out_dim=128",
                                                               "method.hidden_dim=64", "method.bottleneck_dim=32"]
-    method, _, _ = _method_and_batch(compose_cfg, [*overrides, "method.grad_clip_mode=global"])
+    method, _, _ = _method_and_batch(compose_cfg, [*overrides, "optim.grad_clip_mode=global"])
     params = [p for p in method.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(0)
     for p in params:
@@ -168,7 +169,7 @@ def test_byol_step_is_symmetric_and_target_frozen(compose_cfg):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lars"])
 def test_byol_optimizers(compose_cfg, optimizer):
-    method, _, _ = _method_and_batch(compose_cfg, [*TINY_BYOL, f"method.optimizer={optimizer}"])
+    method, _, _ = _method_and_batch(compose_cfg, [*TINY_BYOL, f"optim/optimizer={optimizer}"])
     opt = method.configure_optimizers()
     assert opt.__class__.__name__.lower() == {"adamw": "adamw", "sgd": "sgd", "lars": "lars"}[optimizer]
 
@@ -184,9 +185,8 @@ def test_byol_optimizers(compose_cfg, optimizer):
         (["method=dinov2", *TINY_VIT, "method.koleo_weight=-1"], r"method\.koleo_weight"),
         (["method=dinov2", *TINY_VIT, "method.separate_ibot_head=false", "method.ibot_out_dim=96"], r"method\.ibot_out_dim"),
         (["method=byol", "augmentation.transform.n_local=2"], r"augmentation\.transform\.n_local"),
-        (["method=byol", "method.optimizer=adam"], r"method\.optimizer"),
-        (["method=byol", "method.grad_clip_mode=layerwise"], r"method\.grad_clip_mode"),
-        (["method=dinov2", *TINY_VIT, "method.iterations_per_epoch=0"], r"method\.iterations_per_epoch"),
+        (["method=byol", "optim.grad_clip_mode=layerwise"], r"optim\.grad_clip_mode"),
+        (["method=dinov2", *TINY_VIT, "optim.schedule.iterations_per_epoch=0"], r"optim\.schedule\.iterations_per_epoch"),
         (["method=dinov2", *TINY_VIT, "augmentation.masking=null"], r"augmentation\.masking is null.*ibot_weight=0"),
         (["method=dinov2", "backbone=resnet10t", "method.ibot_weight=0"], r"no patch tokens.*augmentation\.masking=null"),
     ],

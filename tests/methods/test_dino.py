@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.train import ConfigError, build_all
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
 from tests.parity import load_fixture
@@ -29,7 +30,7 @@ def test_backbone_runs_once_per_resolution_and_head_once(compose_cfg):
     calls = {"backbone": [], "head": []}
     method.student["backbone"].register_forward_hook(lambda m, i, o: calls["backbone"].append(i[0].shape))
     method.student["head"].register_forward_hook(lambda m, i, o: calls["head"].append(i[0].shape))
-    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=32)
+    method.plan_run(RunPlan(total_steps=10, steps_per_data_epoch=5, global_batch_size=32))
     loss, logs = method.compute_loss(batch, step=0)
     assert [s[-1] for s in calls["backbone"]] == [32, 16]
     assert calls["backbone"][0][0] == 2 * 32 and calls["backbone"][1][0] == 2 * 32
@@ -41,7 +42,7 @@ def test_teacher_gets_no_gradient_and_center_moves(compose_cfg):
     parts = _parts(compose_cfg)
     method = parts["method"]
     batch = _one_batch(parts)
-    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=32)
+    method.plan_run(RunPlan(total_steps=10, steps_per_data_epoch=5, global_batch_size=32))
     center_before = method.targets.center.clone()
     loss, _ = method.compute_loss(batch, step=0)
     loss.backward()
@@ -77,17 +78,17 @@ def test_ema_follows_optimizer_steps_not_batches_under_accumulation(compose_cfg)
 
 def test_schedules_are_functions_of_the_optimizer_step(compose_cfg):
     method = _parts(compose_cfg, ["method.warmup_teacher_temp=0.02", "method.teacher_temp=0.06",
-                                  "method.warmup_teacher_temp_epochs=3", "method.warmup_epochs=1",
-                                  "method.momentum_teacher=0.996", "method.freeze_last_layer_epochs=1"])["method"]
-    method.setup_schedules(total_steps=100, steps_per_epoch=10, global_batch_size=256)
+                                  "method.warmup_teacher_temp_epochs=3", "optim.schedule.warmup_epochs=1",
+                                  "method.momentum_teacher=0.996", "optim.schedule.freeze_last_layer_epochs=1"])["method"]
+    method.plan_run(RunPlan(total_steps=100, steps_per_data_epoch=10, global_batch_size=256))
     # One temperature per epoch, as main_dino.py: np.linspace(0.02, 0.06, 3)[epoch].
     assert [method.teacher_temp_at(s) for s in (0, 9, 10, 19, 20, 29, 30, 99)] == pytest.approx(
         [0.02, 0.02, 0.04, 0.04, 0.06, 0.06, 0.06, 0.06]
     )
     assert method.momentum_at(0) == pytest.approx(0.996)
     assert method.momentum_at(100) == pytest.approx(1.0)
-    assert method.lr_at(method.warmup_steps) == pytest.approx(method.peak_lr)
-    assert method.freeze_last_layer_steps == 10  # one epoch
+    assert method.schedule.lr_at(method.schedule.warmup_steps) == pytest.approx(method.schedule.peak_lr)
+    assert method.schedule.freeze_last_layer_steps == 10  # one epoch
 
 
 def test_method_teacher_temperature_matches_the_dino_reference(compose_cfg):
@@ -97,8 +98,8 @@ def test_method_teacher_temperature_matches_the_dino_reference(compose_cfg):
                                   f"method.teacher_temp={hp['teacher_temp']}",
                                   f"method.warmup_teacher_temp_epochs={hp['warmup_teacher_temp_epochs']}"])["method"]
     steps_per_epoch = 7
-    method.setup_schedules(total_steps=hp["nepochs"] * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                           global_batch_size=64)
+    method.plan_run(RunPlan(total_steps=hp["nepochs"] * steps_per_epoch, steps_per_data_epoch=steps_per_epoch,
+                            global_batch_size=64))
     for ref in fx["steps"]:
         for offset in (0, steps_per_epoch - 1):  # first and last step of the epoch
             step = ref["epoch"] * steps_per_epoch + offset
@@ -111,7 +112,7 @@ def test_fractional_teacher_temperature_warmup_is_refused_for_dino(compose_cfg):
 
 
 def test_frozen_last_layer_gets_no_update_and_no_optimizer_state(compose_cfg):
-    parts = _parts(compose_cfg, ["trainer.max_steps=2"])
+    parts = _parts(compose_cfg, ["trainer.max_steps=2", "optim.schedule.freeze_last_layer_epochs=1"])
     method = parts["method"]
     seen = []
     original = method.apply_schedules
@@ -122,7 +123,6 @@ def test_frozen_last_layer_gets_no_update_and_no_optimizer_state(compose_cfg):
         return out
 
     method.apply_schedules = record
-    method.freeze_last_layer_epochs = 1.0
     last_layer = method.student["head"].last_layer.parametrizations.weight.original1
     before = last_layer.detach().clone()
     parts["trainer"].fit(method, datamodule=parts["datamodule"])
@@ -142,7 +142,7 @@ def _fill_grads(params, scale):
 
 def test_gradients_are_clipped_per_parameter_as_in_main_dino(compose_cfg):
     method = _parts(compose_cfg)["method"]
-    assert method.grad_clip_mode == "per_parameter" and method.grad_clip == 3.0
+    assert method.optim.grad_clip_mode == "per_parameter" and method.optim.grad_clip == 3.0
     params = [p for p in method.parameters() if p.requires_grad]
     _fill_grads(params, 1.0)
     params[0].grad.mul_(1e-4)  # one small gradient: untouched

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.train import build_all
 from tests.conftest import TINY_DATA
 
@@ -15,7 +16,7 @@ def _method_and_batch(compose_cfg):
     parts = build_all(compose_cfg([*TINY_DATA, *QUIET, "method=supervised"]))
     parts["datamodule"].setup("fit")
     method = parts["method"]
-    method.setup_schedules(total_steps=10, steps_per_epoch=5, global_batch_size=32)
+    method.plan_run(RunPlan(total_steps=10, steps_per_data_epoch=5, global_batch_size=32))
     return method, next(iter(parts["datamodule"].train_dataloader()))
 
 

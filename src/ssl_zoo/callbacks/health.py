@@ -162,7 +162,7 @@ def diagnose(
                 f"prototypes used, KL to uniform {kl:.3f} of at most ln K = {ln_k:.3f}). Likely "
                 "fix: centering off or too weak (method.teacher_targets=centering, "
                 "method.center_momentum < 1), teacher temperature too low (raise "
-                "method.teacher_temp), or lr too high (lower method.base_lr)"
+                "method.teacher_temp), or lr too high (lower optim.schedule.base_lr)"
             )
     ratio, rank = values["embedding_std_ratio"], values["rankme"]
     if ratio < min_std_ratio or rank < min_rankme:
@@ -171,8 +171,8 @@ def diagnose(
             f"representation collapse at step {step}: the backbone maps every image to about "
             f"the same feature (embedding std {values['embedding_std']:.2e} = {ratio:.3f} x the "
             f"healthy 1/sqrt(D) = {1 / math.sqrt(d):.3f}; RankMe {rank:.2f} of at most "
-            f"{min(dims['N'], d)}). Likely fix: lower method.base_lr or raise "
-            "method.warmup_epochs; for the DINO family see the teacher signals (centering, "
+            f"{min(dims['N'], d)}). Likely fix: lower optim.schedule.base_lr or raise "
+            "optim.schedule.warmup_epochs; for the DINO family see the teacher signals (centering, "
             "teacher temperature), for BYOL the teacher momentum"
         )
     return found

@@ -155,9 +155,9 @@ def _fix(precision: str, loss_finite: bool) -> str:
         return (f"Likely cause: trainer.precision={precision} (a reduced-precision kernel or an overflow): "
                 f"set trainer.precision={FP32}")
     if loss_finite:
-        return ("Likely causes: method.base_lr too high (or method.warmup_epochs too short), or a gradient "
-                "clip too loose (method.grad_clip)")
-    return ("Likely causes: method.base_lr too high (or method.warmup_epochs too short), a teacher or student "
+        return ("Likely causes: optim.schedule.base_lr too high (or optim.schedule.warmup_epochs too short), or a gradient "
+                "clip too loose (optim.grad_clip)")
+    return ("Likely causes: optim.schedule.base_lr too high (or optim.schedule.warmup_epochs too short), a teacher or student "
             "temperature too low")
 
 

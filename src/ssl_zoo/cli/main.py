@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         from ssl_zoo.cli import train_app
+        from ssl_zoo.config import check_moved_keys
+        from ssl_zoo.errors import ConfigError
+
+        try:
+            check_moved_keys(rest)
+        except ConfigError as err:
+            print(f"ssl-zoo train: {err}", file=sys.stderr)
+            return 2
 
         # Lightning's DDP launcher re-runs `python <sys.argv[0]> <overrides>` per extra
         # process, or `python -m <__main__ module>` when there is one: make both point at

@@ -15,6 +15,7 @@ rank yields the same number of full batches. ``data.batch_size`` is per device;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ssl_zoo.data.sampling import EpochSampler, SeededBatches, already_collated
+from ssl_zoo.data.sampling import EpochSampler, SeededBatches, already_collated, batches_per_epoch
 from ssl_zoo.datasets.images import DataError, bad_image_report
 from ssl_zoo.parallel import collectives
 
@@ -125,6 +126,20 @@ class SSLDataModule(L.LightningDataModule):
                     f"{_show(queries)}; the label of a class must be the same in both "
                     f"(same class folders in data.knn_train_root and data.knn_val_root)"
                 )
+
+    def batches_per_epoch(self, world_size: int) -> float:
+        """Full training batches each of ``world_size`` processes draws per pass over the
+        data (``inf`` for a stream of unknown length). Map-style: every rank reads
+        ceil(N / world) samples (EpochSampler) and drops its last partial batch; shards:
+        every rank yields N // (world x batch) full batches (datasets/shards.py)."""
+        self.setup()
+        try:
+            n_images = len(self.train_set)
+        except TypeError:
+            return math.inf
+        if isinstance(self.train_set, IterableDataset):
+            return n_images // (world_size * self.batch_size)
+        return batches_per_epoch(n_images, world_size, self.batch_size, drop_last=True)
 
     @property
     def has_knn(self) -> bool:

@@ -18,6 +18,7 @@ costs a few microseconds per sample, and no transform had to change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +32,21 @@ _COLLATE_SALT = 0x5DEECE66D  # the collate's seed differs from the first sample'
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # Two 32-bit halves so that (seed, epoch) pairs never collide (seed + epoch would).
     return torch.Generator().manual_seed((int(seed) & 0xFFFFFFFF) << 32 | (int(epoch) & 0xFFFFFFFF))
+
+
+def batches_per_epoch(dataset_size: int, world_size: int, batch_size: int, drop_last: bool = True) -> int:
+    """Batches each process draws per pass over ``dataset_size`` samples.
+
+    Mirrors DistributedSampler and :class:`EpochSampler` (every rank gets ceil(N / world) samples, padded by
+    repetition) followed by a DataLoader with ``drop_last`` (ssl_zoo's training loader
+    drops the last partial batch, as DINO and DINOv2 do)."""
+    if dataset_size < 1 or world_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"dataset_size, world_size and batch_size must be >= 1, got {dataset_size}, "
+            f"{world_size}, {batch_size}"
+        )
+    per_rank = math.ceil(dataset_size / world_size)
+    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

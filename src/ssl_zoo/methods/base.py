@@ -20,7 +20,6 @@ a callback reads them.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import lightning as L
@@ -29,15 +28,8 @@ from torch import nn
 
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.ema import ema_update, make_teacher, set_teacher_mode
-from ssl_zoo.optim.param_groups import (
-    OPTIMIZERS,
-    build_optimizer,
-    build_param_groups,
-    clip_grad_norm_per_module,
-    clip_grad_norm_per_parameter,
-    clip_grad_norm_total,
-)
-from ssl_zoo.optim.run_plan import RunLength, plan_run_length
+from ssl_zoo.optim.recipe import OptimRecipe
+from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.optim.schedules import cosine_schedule
 from ssl_zoo.weights.load import CONFIG_KEY
 
@@ -46,26 +38,9 @@ class SSLMethod(L.LightningModule):
     """Shared training plumbing.
 
     Args:
-        optimizer: ``adamw`` (DINO, DINOv2), ``lars`` or ``sgd`` (BYOL).
-        base_lr: learning rate before batch-size scaling (see lr_scaling).
-        lr_scaling: peak lr from the global batch: ``linear_256`` = base_lr * batch / 256
-            (Goyal et al. 2017; DINO, BYOL), ``sqrt_1024`` = base_lr * sqrt(batch / 1024)
-            (DINOv2), ``none`` = base_lr.
-        min_lr: final lr of the cosine decay.
-        warmup_epochs: linear lr warm-up length (fractions allowed).
-        iterations_per_epoch: what an "epoch" is for every schedule length given in
-            epochs (warm-ups, last-layer freeze): ``null`` = one pass over the data;
-            DINOv2 counts 1250 iterations (``OFFICIAL_EPOCH_LENGTH``) whatever the data
-            and batch. The run length itself is the trainer's (max_steps / max_epochs).
-        weight_decay, weight_decay_end: cosine weight-decay schedule (DINO: 0.04 -> 0.4).
-        grad_clip: gradient-norm threshold (0 disables).
-        grad_clip_mode: ``per_parameter`` (DINO ``utils.clip_gradients``: each tensor's
-            gradient to norm <= grad_clip), ``per_module`` (DINOv2: each student
-            submodule, e.g. backbone and heads, clipped as a whole) or ``global`` (one
-            norm over every parameter).
-        freeze_last_layer_epochs: lr of the head's last layer is 0 for this long (DINO).
-        layer_decay, patch_embed_lr_mult: ViT lr multipliers (DINOv2); 1.0 disables.
-        betas, momentum: optimizer constants (AdamW betas; SGD/LARS momentum).
+        optim: the optimizer, its lr / weight-decay schedule, parameter-group rules and
+            gradient clipping (the ``optim`` config node, :class:`ssl_zoo.optim.recipe.OptimRecipe`);
+            ``None``: AdamW with the default schedule.
         momentum_teacher: EMA momentum of the teacher at step 0, raised to 1 with a cosine
             (DINO, BYOL 0.996; DINOv2 0.992).
         fp32_teacher: under bf16 autocast, run the teacher's forward in fp32 (no gradient,
@@ -94,59 +69,15 @@ class SSLMethod(L.LightningModule):
 
     def __init__(
         self,
-        optimizer: str = "adamw",
-        base_lr: float = 5e-4,
-        lr_scaling: str = "linear_256",
-        min_lr: float = 1e-6,
-        warmup_epochs: float = 10.0,
-        iterations_per_epoch: int | None = None,
-        weight_decay: float = 0.04,
-        weight_decay_end: float = 0.4,
-        grad_clip: float = 3.0,
-        grad_clip_mode: str = "global",
-        freeze_last_layer_epochs: float = 1.0,
-        layer_decay: float = 1.0,
-        patch_embed_lr_mult: float = 1.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        momentum: float = 0.9,
+        optim: OptimRecipe | None = None,
         momentum_teacher: float = 0.996,
         fp32_teacher: bool = False,
     ) -> None:
         super().__init__()
         _check("momentum_teacher", 0 <= momentum_teacher <= 1, momentum_teacher, "in [0, 1]")
-        _check("optimizer", str(optimizer).lower() in OPTIMIZERS, repr(optimizer), f"one of {', '.join(OPTIMIZERS)}")
-        _check("base_lr", base_lr > 0, base_lr, "> 0")
-        _check("lr_scaling", lr_scaling in _LR_SCALING, lr_scaling, f"one of {sorted(_LR_SCALING)}")
-        _check("min_lr", min_lr >= 0, min_lr, ">= 0")
-        _check("warmup_epochs", warmup_epochs >= 0, warmup_epochs, ">= 0")
-        _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
-        _check("weight_decay_end", weight_decay_end >= 0, weight_decay_end, ">= 0")
-        _check("grad_clip", grad_clip >= 0, grad_clip, ">= 0 (0 disables clipping)")
-        _check("grad_clip_mode", grad_clip_mode in _CLIP_MODES, grad_clip_mode, f"one of {_CLIP_MODES}")
-        _check(
-            "iterations_per_epoch",
-            iterations_per_epoch is None or (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1),
-            iterations_per_epoch,
-            "an int >= 1, or null for one pass over the data",
-        )
-        _check("freeze_last_layer_epochs", freeze_last_layer_epochs >= 0, freeze_last_layer_epochs, ">= 0")
-        _check("layer_decay", 0 < layer_decay <= 1, layer_decay, "in (0, 1]")
-        _check("patch_embed_lr_mult", patch_embed_lr_mult >= 0, patch_embed_lr_mult, ">= 0")
-        self.optimizer_name = optimizer
-        self.base_lr = base_lr
-        self.lr_scaling = lr_scaling
-        self.min_lr = min_lr
-        self.warmup_epochs = warmup_epochs
-        self.iterations_per_epoch = iterations_per_epoch
-        self.weight_decay = weight_decay
-        self.weight_decay_end = weight_decay_end
-        self.grad_clip = grad_clip
-        self.grad_clip_mode = grad_clip_mode
-        self.freeze_last_layer_epochs = freeze_last_layer_epochs
-        self.layer_decay = layer_decay
-        self.patch_embed_lr_mult = patch_embed_lr_mult
-        self.betas = tuple(betas)
-        self.momentum = momentum
+        if optim is not None and not isinstance(optim, OptimRecipe):
+            raise TypeError(f"optim must be an ssl_zoo.optim.recipe.OptimRecipe (the optim config node), got {type(optim)}")
+        self.optim = optim if optim is not None else OptimRecipe()
         self.momentum_teacher = momentum_teacher
         self.fp32_teacher = bool(fp32_teacher)
         self.student: nn.ModuleDict | None = None
@@ -157,10 +88,6 @@ class SSLMethod(L.LightningModule):
         # The resolved run config, set by train() and saved in every checkpoint so that
         # eval / viz / export can rebuild the backbone from the file alone.
         self.run_config: dict[str, Any] | None = None
-        # Set by `setup_schedules` once the trainer knows the data and the devices.
-        self.total_steps = 1
-        self.steps_per_epoch = 1
-        self.peak_lr = base_lr
         # The non-finite guard's contract (callbacks/nonfinite.py): the step's loss and its
         # terms, and a flag that turns the next EMA update into a no-op when the step was skipped.
         self.last_loss: torch.Tensor | None = None
@@ -218,45 +145,31 @@ class SSLMethod(L.LightningModule):
 
     # --- schedules ------------------------------------------------------------------------
 
-    def setup_schedules(self, total_steps: int, steps_per_epoch: int, global_batch_size: int) -> None:
-        """Size every schedule: ``total_steps`` optimizer steps, epochs of
-        ``steps_per_epoch`` steps, lr scaled from ``global_batch_size``."""
-        self.total_steps = max(int(total_steps), 1)
-        self.steps_per_epoch = max(int(steps_per_epoch), 1)
-        self.peak_lr = self.base_lr * _LR_SCALING[self.lr_scaling](global_batch_size)
-        self.warmup_steps = min(self.epochs_to_steps(self.warmup_epochs), self.total_steps)
-        self.freeze_last_layer_steps = min(self.epochs_to_steps(self.freeze_last_layer_epochs), self.total_steps)
+    def plan_run(self, run: RunPlan) -> None:
+        """Size every schedule for the run (``ssl_zoo.train`` plans it once, before fit)."""
+        self.optim.plan(run)
 
-    def plan_schedules(self, run: RunLength, global_batch_size: int) -> None:
-        """What the trainer does at the start of fit, given the run length: an epoch is
-        ``iterations_per_epoch`` if set, else one pass over the data."""
-        self.setup_schedules(run.total_steps, self.iterations_per_epoch or run.steps_per_data_epoch, global_batch_size)
+    @property
+    def schedule(self):
+        return self.optim.schedule
 
-    def epochs_to_steps(self, epochs: float) -> int:
-        return int(math.ceil(epochs * self.steps_per_epoch))
+    @property
+    def total_steps(self) -> int:
+        return self.optim.schedule.total_steps
 
-    def lr_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.peak_lr, self.min_lr, warmup_steps=self.warmup_steps)
-
-    def wd_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
-
-    def last_layer_lr_at(self, step: int) -> float:
-        return 0.0 if step < self.freeze_last_layer_steps else self.lr_at(step)
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.optim.schedule.steps_per_epoch
 
     def momentum_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.momentum_teacher, 1.0)
 
     def on_train_start(self) -> None:
-        trainer = self.trainer
-        accumulate = trainer.accumulate_grad_batches
-        per_device = getattr(trainer.datamodule, "batch_size", None)
-        if per_device is None:
-            raise RuntimeError("the datamodule must expose batch_size (per device)")
-        run = plan_run_length(
-            trainer.num_training_batches, accumulate, max_epochs=trainer.max_epochs, max_steps=trainer.max_steps
-        )
-        self.plan_schedules(run, global_batch_size=per_device * trainer.world_size * accumulate)
+        if not self.optim.schedule.planned:
+            raise RuntimeError(
+                f"{type(self).__name__}: the run was not planned; call method.plan_run(run_plan) before "
+                "trainer.fit (ssl_zoo.train.build_all does)"
+            )
 
     # --- Lightning hooks --------------------------------------------------------------------
 
@@ -276,24 +189,12 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         num_layers = len(getattr(self.student["backbone"].model, "blocks", []))
-        groups = build_param_groups(
-            self.named_parameters(),
-            layer_decay=self.layer_decay,
-            num_layers=num_layers,
-            patch_embed_lr_mult=self.patch_embed_lr_mult,
-            backbone_prefix=self.backbone_param_prefix,
-        )
-        extra = {"betas": self.betas} if self.optimizer_name.lower() == "adamw" else {"momentum": self.momentum}
-        return build_optimizer(self.optimizer_name, groups, lr=self.base_lr, **extra)
+        return self.optim.build(self.named_parameters(), None, num_layers, self.backbone_param_prefix)
 
     def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
         """Set every parameter group's lr and weight decay for ``step``; returns the
         backbone's base (lr, wd), before multipliers."""
-        lr, wd, last_layer_lr = self.lr_at(step), self.wd_at(step), self.last_layer_lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = (last_layer_lr if group["is_last_layer"] else lr) * group["lr_multiplier"]
-            group["weight_decay"] = wd * group["wd_multiplier"]
-        return lr, wd
+        return self.optim.apply(optimizer, step)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         step = self.trainer.global_step
@@ -310,22 +211,14 @@ class SSLMethod(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.cancel_frozen_last_layer_grads and self.trainer.global_step < self.freeze_last_layer_steps:
+        if self.cancel_frozen_last_layer_grads and self.trainer.global_step < self.schedule.freeze_last_layer_steps:
             for group in optimizer.param_groups:
                 if group["is_last_layer"]:
                     for param in group["params"]:
                         param.grad = None
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip = gradient_clip_val if gradient_clip_val is not None else self.grad_clip
-        if not clip:
-            return
-        if self.grad_clip_mode == "global":
-            clip_grad_norm_total(self.parameters(), clip)
-        elif self.grad_clip_mode == "per_parameter":
-            clip_grad_norm_per_parameter(self.parameters(), clip)
-        else:
-            clip_grad_norm_per_module(self.clip_modules(), clip)
+        self.optim.clip(self.parameters(), self.clip_modules(), gradient_clip_val)
 
     def clip_modules(self) -> list[nn.Module]:
         """The units of ``per_module`` clipping: each student submodule (backbone, heads),
@@ -362,15 +255,6 @@ class SSLMethod(L.LightningModule):
         if mode and self.teacher is not None:
             set_teacher_mode(self.teacher)
         return self
-
-
-_CLIP_MODES = ("per_parameter", "per_module", "global")
-
-_LR_SCALING = {
-    "linear_256": lambda batch: batch / 256,
-    "sqrt_1024": lambda batch: math.sqrt(batch / 1024),
-    "none": lambda batch: 1.0,
-}
 
 
 def _check(key: str, ok: bool, value: Any, expected: str) -> None:

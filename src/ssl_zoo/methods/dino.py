@@ -63,7 +63,6 @@ class DINO(SSLMethod):
         head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
-        optim.setdefault("grad_clip_mode", "per_parameter")
         super().__init__(**optim)
         self.temperatures = Temperatures(
             student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=True

@@ -72,7 +72,6 @@ class DINOv2(SSLMethod):
         head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
-        optim.setdefault("grad_clip_mode", "per_module")
         super().__init__(**optim)
         self.temperatures = Temperatures(
             student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=False

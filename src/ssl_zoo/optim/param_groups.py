@@ -13,7 +13,7 @@ Every group carries multipliers that the per-step schedules apply
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -40,11 +40,14 @@ def build_param_groups(
     num_layers: int = 0,
     patch_embed_lr_mult: float = 1.0,
     backbone_prefix: str = "backbone.",
+    layer_id: Callable[[str], int] | None = None,
 ) -> list[dict]:
     """Group trainable parameters by (lr multiplier, wd multiplier, is_last_layer).
 
     ``layer_decay`` and ``patch_embed_lr_mult`` apply to names starting with
-    ``backbone_prefix`` only; heads keep multiplier 1.
+    ``backbone_prefix`` only; heads keep multiplier 1. ``layer_id`` maps a backbone
+    parameter name (without the prefix) to its depth for layer decay; by default
+    :func:`vit_layer_id`.
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
@@ -57,7 +60,9 @@ def build_param_groups(
         lr_mult = 1.0
         if name.startswith(backbone_prefix):
             if layer_decay < 1.0:
-                lr_mult *= layer_decay ** (num_layers + 1 - vit_layer_id(name, num_layers))
+                local = name[len(backbone_prefix):]
+                depth = layer_id(local) if layer_id is not None else vit_layer_id(local, num_layers)
+                lr_mult *= layer_decay ** (num_layers + 1 - depth)
             if "patch_embed" in name:
                 lr_mult *= patch_embed_lr_mult
         no_decay = param.ndim < 2 or name.endswith(".bias") or "norm" in name or "gamma" in name
@@ -71,23 +76,6 @@ def build_param_groups(
         group["params"].append(param)
         group["names"].append(name)
     return list(groups.values())
-
-
-OPTIMIZERS = ("adamw", "sgd", "lars")
-
-def build_optimizer(name: str, param_groups: list[dict], lr: float, **kwargs) -> torch.optim.Optimizer:
-    """AdamW, SGD or LARS (timm.optim.Lars) over the groups; lr/wd are set each step."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups]
-    name = name.lower()
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, **kwargs)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, weight_decay=0.0, momentum=kwargs.pop("momentum", 0.9), **kwargs)
-    if name == "lars":
-        from timm.optim import Lars
-
-        return Lars(groups, lr=lr, weight_decay=0.0, momentum=kwargs.pop("momentum", 0.9), **kwargs)
-    raise ValueError(f"method.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
-"""How long a run is, in optimizer steps, from the trainer's two limits and the data.
+"""The run plan: its global batch and how long it is in optimizer steps, from the
+trainer's two limits and the data.
 
-One rule, used by training (``SSLMethod.on_train_start``), by the checks before training
-(``ssl_zoo.train``) and by the recipe parity test (which simulates a cluster's world
-size and data size without loading anything):
+Planned once, by ``ssl_zoo.train.build_all`` before training, and handed to the method
+(``SSLMethod.plan_run``), which sizes every schedule from it; the recipe parity test
+plans with the same rule for a simulated cluster and data size. The rule:
 
 - ``trainer.max_steps > 0`` alone: exactly that many optimizer steps;
 - ``trainer.max_epochs`` alone: that many passes over the data;
@@ -27,9 +28,10 @@ class RunLengthError(UserError):
 
 
 @dataclass(frozen=True)
-class RunLength:
+class RunPlan:
     total_steps: int  # optimizer steps of the whole run
     steps_per_data_epoch: int  # optimizer steps per pass over the training data
+    global_batch_size: int  # images per optimizer step over all processes (the lr scales with it)
 
 
 def epochs_unless_max_steps(epochs: int | None, max_steps: int | None) -> int | None:
@@ -40,27 +42,13 @@ def epochs_unless_max_steps(epochs: int | None, max_steps: int | None) -> int | 
     return epochs
 
 
-def batches_per_epoch(dataset_size: int, world_size: int, batch_size: int, drop_last: bool = True) -> int:
-    """Batches each process draws per pass over ``dataset_size`` samples.
-
-    Mirrors DistributedSampler (every rank gets ceil(N / world) samples, padded by
-    repetition) followed by a DataLoader with ``drop_last`` (ssl_zoo's training loader
-    drops the last partial batch, as DINO and DINOv2 do)."""
-    if dataset_size < 1 or world_size < 1 or batch_size < 1:
-        raise ValueError(
-            f"dataset_size, world_size and batch_size must be >= 1, got {dataset_size}, "
-            f"{world_size}, {batch_size}"
-        )
-    per_rank = math.ceil(dataset_size / world_size)
-    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
-
-
 def plan_run_length(
     batches_per_epoch: int | float,
     accumulate_grad_batches: int = 1,
     max_epochs: int | None = None,
     max_steps: int | None = -1,
-) -> RunLength:
+    global_batch_size: int = 1,
+) -> RunPlan:
     """The run's optimizer steps from the trainer limits (``-1`` or ``None`` = unset).
 
     Args:
@@ -69,6 +57,7 @@ def plan_run_length(
         accumulate_grad_batches: batches per optimizer step (Lightning steps on the last
             batch of an epoch too, hence the ceil).
         max_epochs, max_steps: ``trainer.max_epochs`` / ``trainer.max_steps``.
+        global_batch_size: data.batch_size x processes x accumulate_grad_batches.
 
     Raises:
         RunLengthError: neither limit set, or both set and disagreeing, naming both keys.
@@ -94,7 +83,7 @@ def plan_run_length(
                 "gives no step count for the schedules: set trainer.max_steps=N (and "
                 "trainer.max_epochs=null), or give data=shards its index / data.num_samples"
             )
-        return RunLength(total_steps=int(max_steps), steps_per_data_epoch=int(max_steps))
+        return RunPlan(int(max_steps), int(max_steps), int(global_batch_size))
     if steps_set and epochs_set and max_steps != max_epochs * per_epoch:
         raise RunLengthError(
             f"trainer.max_steps={max_steps} and trainer.max_epochs={max_epochs} disagree: "
@@ -103,4 +92,4 @@ def plan_run_length(
             f"(e.g. trainer.max_epochs=null to run exactly {max_steps} steps)"
         )
     total = int(max_steps) if steps_set else int(max_epochs) * per_epoch
-    return RunLength(total_steps=total, steps_per_data_epoch=per_epoch)
+    return RunPlan(total, per_epoch, int(global_batch_size))

@@ -100,3 +100,93 @@ def linear_warmup(step: int, warmup_steps: int, start: float, end: float) -> flo
     if step >= warmup_steps:
         return end
     return _linspace_at(step, warmup_steps, start, end)
+
+
+def _check(key: str, ok: bool, value: object, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"optim.schedule.{key} must be {expected}, got {value}")
+
+
+#: Peak lr from the global batch: ``linear_256`` = base_lr * batch / 256 (Goyal et al.
+#: 2017; DINO, BYOL), ``sqrt_1024`` = base_lr * sqrt(batch / 1024) (DINOv2), ``none``.
+LR_SCALING = {
+    "linear_256": lambda batch: batch / 256,
+    "sqrt_1024": lambda batch: math.sqrt(batch / 1024),
+    "none": lambda batch: 1.0,
+}
+
+
+class Schedule:
+    """The run's learning rate and weight decay per optimizer step (the ``optim.schedule``
+    config node). Sized once by :meth:`plan` from the run plan; then pure functions of
+    the step.
+
+    Args:
+        base_lr: learning rate before batch-size scaling (``lr_scaling``).
+        lr_scaling: a key of :data:`LR_SCALING`.
+        min_lr: final lr of the cosine decay.
+        warmup_epochs: linear lr warm-up from 0 (fractions allowed).
+        weight_decay, weight_decay_end: cosine weight-decay schedule (DINO: 0.04 -> 0.4).
+        freeze_last_layer_epochs: lr of the head's last layer is 0 for this long (DINO).
+        iterations_per_epoch: what an "epoch" is for every length given in epochs here
+            and in the method (teacher-temperature warm-up): ``null`` = one pass over the
+            data; DINOv2 counts 1250 iterations (``OFFICIAL_EPOCH_LENGTH``).
+    """
+
+    def __init__(
+        self,
+        base_lr: float = 5e-4,
+        lr_scaling: str = "linear_256",
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 10.0,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        freeze_last_layer_epochs: float = 0.0,
+        iterations_per_epoch: int | None = None,
+    ) -> None:
+        _check("base_lr", base_lr > 0, base_lr, "> 0")
+        _check("lr_scaling", lr_scaling in LR_SCALING, lr_scaling, f"one of {sorted(LR_SCALING)}")
+        _check("min_lr", min_lr >= 0, min_lr, ">= 0")
+        _check("warmup_epochs", warmup_epochs >= 0, warmup_epochs, ">= 0")
+        _check("weight_decay", weight_decay >= 0, weight_decay, ">= 0")
+        _check("weight_decay_end", weight_decay_end >= 0, weight_decay_end, ">= 0")
+        _check("freeze_last_layer_epochs", freeze_last_layer_epochs >= 0, freeze_last_layer_epochs, ">= 0")
+        _check(
+            "iterations_per_epoch",
+            iterations_per_epoch is None or (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1),
+            iterations_per_epoch,
+            "an int >= 1, or null for one pass over the data",
+        )
+        self.base_lr = base_lr
+        self.lr_scaling = lr_scaling
+        self.min_lr = min_lr
+        self.warmup_epochs = warmup_epochs
+        self.weight_decay = weight_decay
+        self.weight_decay_end = weight_decay_end
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+        self.iterations_per_epoch = iterations_per_epoch
+        self.planned = False
+        self.plan(total_steps=1, steps_per_data_epoch=1, global_batch_size=256)
+        self.planned = False
+
+    def plan(self, total_steps: int, steps_per_data_epoch: int, global_batch_size: int) -> None:
+        """Size the schedule for a run of ``total_steps`` optimizer steps with
+        ``steps_per_data_epoch`` steps per pass over the data and this global batch."""
+        self.total_steps = max(int(total_steps), 1)
+        self.steps_per_epoch = max(int(self.iterations_per_epoch or steps_per_data_epoch), 1)
+        self.peak_lr = self.base_lr * LR_SCALING[self.lr_scaling](global_batch_size)
+        self.warmup_steps = min(self.epochs_to_steps(self.warmup_epochs), self.total_steps)
+        self.freeze_last_layer_steps = min(self.epochs_to_steps(self.freeze_last_layer_epochs), self.total_steps)
+        self.planned = True
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        return int(math.ceil(epochs * self.steps_per_epoch))
+
+    def lr_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.peak_lr, self.min_lr, warmup_steps=self.warmup_steps)
+
+    def wd_at(self, step: int) -> float:
+        return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
+
+    def last_layer_lr_at(self, step: int) -> float:
+        return 0.0 if step < self.freeze_last_layer_steps else self.lr_at(step)

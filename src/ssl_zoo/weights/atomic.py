@@ -72,7 +72,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if bad:
             raise CheckpointSaveError(
                 f"checkpoint {path} not written: {len(bad)} model tensors hold NaN/Inf (e.g. {bad[0]}); "
-                "the last finite checkpoint is kept. Likely causes: too high method.base_lr, "
+                "the last finite checkpoint is kept. Likely causes: too high optim.schedule.base_lr, "
                 "trainer.precision (try 32-true), or a teacher temperature too low"
             )
         atomic_torch_save(checkpoint, path)
