@@ -159,6 +159,7 @@ def test_check_arg_names_the_key_the_expectation_and_the_value():
         (lambda: ResumeState(preempt_signals=["SIGTERM", "SIGFOO"]),
          r"^callbacks\.resume\.preempt_signals must be a list of signal names .* got \['SIGTERM', 'SIGFOO'\] "
          r"\(unknown: SIGFOO\)$"),
+        (lambda: ResumeState(preempt_signals=None), r"^callbacks\.resume\.preempt_signals must be a list .* got None$"),
         (lambda: ResumeState(preempt_signals="SIGTERM"), r"^callbacks\.resume\.preempt_signals must be a list .* got 'SIGTERM'$"),
     ],
 )

@@ -81,9 +81,9 @@ class ResumeState(L.Callback):
     """
 
     def __init__(self, preempt_signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1")) -> None:
-        known = signal.Signals.__members__
-        unknown = [] if isinstance(preempt_signals, str) else [n for n in preempt_signals if n not in known]
-        check_arg("resume", "preempt_signals", preempt_signals, lambda v: not isinstance(v, str) and not unknown,
+        is_list = not isinstance(preempt_signals, str | None)
+        unknown = [n for n in preempt_signals if n not in signal.Signals.__members__] if is_list else []
+        check_arg("resume", "preempt_signals", preempt_signals, lambda v: is_list and not unknown,
                   "a list of signal names such as [SIGTERM, SIGUSR1] ([]: none)",
                   hint=f"unknown: {', '.join(map(str, unknown))}" if unknown else "")
         self.signals = [signal.Signals[name] for name in preempt_signals]
