@@ -26,13 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
-from ssl_zoo.callbacks.curve import LearningCurve
-from ssl_zoo.callbacks.health import HealthMonitor
-from ssl_zoo.callbacks.knn import KNNEvaluator
-from ssl_zoo.callbacks.nonfinite import NonFiniteGuard
-from ssl_zoo.callbacks.probe import OnlineLinearProbe
-from ssl_zoo.callbacks.resume import ResumeState, say
-from ssl_zoo.callbacks.throughput import Throughput
+from ssl_zoo.callbacks.protocol import RunContext, configure_run, merge_reports
+from ssl_zoo.console import say
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
@@ -216,10 +211,6 @@ def _target_name(node: DictConfig) -> str:
     return str(node._target_).rsplit(".", 1)[-1]
 
 
-def _find(callbacks: list, kind: type) -> Any:
-    return next((cb for cb in callbacks if isinstance(cb, kind)), None)
-
-
 def _silence_expected_warnings() -> None:
     """Warnings every run would print that say nothing about this run."""
     # The EMA teacher is frozen in eval mode on purpose (Lightning warns about any module
@@ -259,60 +250,36 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, trainer)
     if ckpt_path:
         check_resumable(ckpt_path, parts["method"], cfg.backbone.model_name)
-    guard = _find(parts["callbacks"], NonFiniteGuard)
-    if guard is not None:  # an automatic choice must not end a run: fp32 takes over instead
-        guard.allow_fp32_fallback = precision["source"] == "auto"
-    resume_state = _find(parts["callbacks"], ResumeState)
-    if resume_state is not None:
-        resume_state.resume_command = resume_command(run_dir)
+    context = RunContext(run_dir=run_dir, auto_precision=precision["source"] == "auto",
+                         resume_command=resume_command(run_dir))
+    configure_run(parts["callbacks"], context)
     parts["method"].run_config = run_config_container(cfg)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(parts["method"].run_config)
     trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=ckpt_path)
 
-    knn = _find(parts["callbacks"], KNNEvaluator)
-    throughput = _find(parts["callbacks"], Throughput)
-    curve = _find(parts["callbacks"], LearningCurve)
-    health = _find(parts["callbacks"], HealthMonitor)
-    probe = _find(parts["callbacks"], OnlineLinearProbe)
     checkpoint = trainer.checkpoint_callback
     ckpt = None
     if checkpoint is not None:
         ckpt = checkpoint.last_model_path or checkpoint.best_model_path or None
-    if guard is not None:
-        guard_summary = guard.summary()
-        precision["fp32_fallback_step"] = guard_summary.pop("fp32_fallback_step")
-    else:
-        guard_summary = {}
     report = getattr(datamodule, "bad_image_report", None)
     bad_images = report() if callable(report) else {"count": 0, "examples": []}
-    summary = {
+    run_facts = {
         "method": _target_name(cfg.method),
         "backbone": cfg.backbone.model_name,
         "data": _target_name(cfg.data.train_set),
-        "knn_top1_start": knn.start_top1 if knn else None,
-        "knn_top1_end": knn.last_top1 if knn else None,
-        "knn_top1_raw_pixels": knn.raw_pixel_top1 if knn else None,
-        "knn_k": knn.k if knn else None,
-        "knn_temperature": knn.temperature if knn else None,
-        "knn_history": [{"step": s, "top1": v} for s, v in knn.history] if knn else [],
-        "probe_top1_end": probe.last_top1 if probe else None,
-        "learning_curve": str(curve.path.resolve()) if curve and curve.path else None,
-        "images_per_sec": throughput.images_per_sec if throughput else None,
         "precision": precision,
-        **guard_summary,
         "steps": trainer.global_step,
-        # Why the run ended before its planned length (null: it ran to the end).
-        "stop_reason": health.stop_reason if health else None,
-        "health_symptoms": health.symptoms if health else {},
         "epochs": trainer.current_epoch,
         "wall_time_sec": time.perf_counter() - started,
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
         "bad_images": bad_images["count"],
         "bad_image_examples": bad_images["examples"],
         "run_dir": str(run_dir.resolve()),
-        "preempted_at_step": resume_state.preempted_at if resume_state else None,
     }
+    # Each callback reports its own keys (callbacks/protocol.py); those of a callback that
+    # is off keep their defaults, so the file has one layout.
+    summary = merge_reports(run_facts, parts["callbacks"])
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print_summary(summary)

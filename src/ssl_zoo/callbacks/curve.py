@@ -8,6 +8,7 @@ whether the network learned more than the pixels hold.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -27,6 +28,9 @@ class LearningCurve(L.Callback):
         self.losses: list[torch.Tensor] = []  # detached, read once at the end (no per-step sync)
         self.steps: list[int] = []
         self.path: Path | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"learning_curve": str(self.path.resolve()) if self.path else None}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import lightning as L
 import torch
 
+from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.eval.health import embedding_std, kl_to_uniform, mean_entropy, prototype_usage, rankme
 
 log = logging.getLogger("ssl_zoo.health")
@@ -47,21 +49,13 @@ class HealthMonitor(L.Callback):
         min_rankme: float = 1.2,
         patience: int = 3,
     ) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(
-                f"callbacks.health.every_n_steps must be an int >= 1, got {every_n_steps!r} "
-                "(to turn the monitor off set callbacks.health=null)"
-            )
+        check_arg("health", "every_n_steps", every_n_steps, lambda v: isinstance(v, int) and v >= 1, "an int >= 1",
+                  hint="to turn the monitor off set callbacks.health=null")
         for key, value in (("uniform_entropy", uniform_entropy), ("sharp_kl", sharp_kl)):
-            if not 0 < value <= 1:
-                raise ValueError(f"callbacks.health.{key} must be in (0, 1] (a fraction of ln K), got {value}")
-        if min_std_ratio < 0 or min_rankme < 1:
-            raise ValueError(
-                f"callbacks.health.min_std_ratio must be >= 0 and callbacks.health.min_rankme >= 1, "
-                f"got {min_std_ratio} and {min_rankme}"
-            )
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"callbacks.health.patience must be an int >= 1, got {patience!r}")
+            check_arg("health", key, value, lambda v: 0 < v <= 1, "in (0, 1] (a fraction of ln K)")
+        check_arg("health", "min_std_ratio", min_std_ratio, lambda v: v >= 0, ">= 0")
+        check_arg("health", "min_rankme", min_rankme, lambda v: v >= 1, ">= 1")
+        check_arg("health", "patience", patience, lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
         # A symptom counts after `patience` checks in a row: a fresh DINO teacher is nearly
         # flat for its first few dozen steps, which is not a collapse.
         self.patience = patience
@@ -103,6 +97,9 @@ class HealthMonitor(L.Callback):
             if trainer.is_global_zero:  # the symptom's warning above has the details
                 log.warning("health: stopping the run at step %d on %s (callbacks.health.stop_on_collapse=true)",
                             step, name.replace("_", " "))
+
+    def summary(self) -> dict[str, Any]:
+        return {"stop_reason": self.stop_reason, "health_symptoms": dict(self.symptoms)}
 
     def state_dict(self) -> dict:
         return {"symptoms": self.symptoms}

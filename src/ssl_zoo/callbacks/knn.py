@@ -18,12 +18,14 @@ flattened) tells whether the network learned more than the pixels already hold.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 
+from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.callbacks.resume import was_preempted
 from ssl_zoo.eval.knn import knn_class_scores
 from ssl_zoo.parallel import collectives
@@ -48,14 +50,10 @@ class KNNEvaluator(L.Callback):
         raw_pixel_baseline: bool = True,
         raw_pixel_max_gb: float = 2.0,
     ) -> None:
-        if k < 1:
-            raise ValueError(f"callbacks.knn.k must be >= 1, got {k}")
-        if temperature <= 0:
-            raise ValueError(f"callbacks.knn.temperature must be > 0, got {temperature}")
-        if every_n_steps < 0:
-            raise ValueError(f"callbacks.knn.every_n_steps must be >= 0 (0: start and end only), got {every_n_steps}")
-        if recalibrate_batches < 0:
-            raise ValueError(f"callbacks.knn.recalibrate_batches must be >= 0, got {recalibrate_batches}")
+        check_arg("knn", "k", k, lambda v: v >= 1, ">= 1")
+        check_arg("knn", "temperature", temperature, lambda v: v > 0, "> 0")
+        check_arg("knn", "every_n_steps", every_n_steps, lambda v: v >= 0, ">= 0 (0: start and end only)")
+        check_arg("knn", "recalibrate_batches", recalibrate_batches, lambda v: v >= 0, ">= 0")
         self.k = k
         self.recalibrate_batches = recalibrate_batches
         self.raw_pixel_baseline = raw_pixel_baseline
@@ -72,6 +70,16 @@ class KNNEvaluator(L.Callback):
     @property
     def last_top1(self) -> float | None:
         return self.history[-1][1] if self.history else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "knn_top1_start": self.start_top1,
+            "knn_top1_end": self.last_top1,
+            "knn_top1_raw_pixels": self.raw_pixel_top1,
+            "knn_k": self.k,
+            "knn_temperature": self.temperature,
+            "knn_history": [{"step": step, "top1": top1} for step, top1 in self.history],
+        }
 
     def _enabled(self, trainer: L.Trainer) -> bool:
         return bool(getattr(trainer.datamodule, "has_knn", False))

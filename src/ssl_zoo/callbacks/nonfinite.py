@@ -13,7 +13,7 @@ Reduced precision:
 - chosen automatically (``trainer.precision`` left to ssl_zoo, see :mod:`ssl_zoo.parallel.precision`)
   a non-finite step must not end the run: the guard switches the rest of the run to
   32-true, says so, and records the switch (checkpoints carry it, so a resume stays in
-  fp32). ``allow_fp32_fallback`` is set by ``ssl_zoo.train`` for such runs;
+  fp32). ``allow_fp32_fallback`` is set for such runs by ``configure_run``;
 - with a loss scaler (``16-mixed``), inf gradients at a finite loss are the scaler's
   overflow steps: it skips them and lowers its scale. They are counted as
   ``health/overflow_steps``, never as divergence; the EMA teacher skips them too.
@@ -32,6 +32,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
 
+from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.callbacks.protocol import RunContext
 from ssl_zoo.errors import UserError
 from ssl_zoo.parallel import collectives
 from ssl_zoo.parallel.collectives import full_norms
@@ -52,15 +54,19 @@ class NonFiniteGuard(L.Callback):
     """
 
     def __init__(self, max_skipped_steps: int = 20) -> None:
-        if not isinstance(max_skipped_steps, int) or max_skipped_steps < 0:
-            raise ValueError(f"callbacks.nonfinite.max_skipped_steps must be an int >= 0, got {max_skipped_steps}")
+        check_arg("nonfinite", "max_skipped_steps", max_skipped_steps, lambda v: isinstance(v, int) and v >= 0,
+                  "an int >= 0", hint="0: stop at the first non-finite step")
         self.max_skipped_steps = max_skipped_steps
         self.skipped_steps = 0
         self.overflow_steps = 0
-        # Set by ssl_zoo.train when trainer.precision was chosen automatically.
+        # True when trainer.precision was chosen automatically (configure_run).
         self.allow_fp32_fallback = False
         self.fp32_fallback_step: int | None = None
         self.causes: dict[str, int] = {}  # cause -> steps skipped for it
+
+    def configure_run(self, context: RunContext) -> None:
+        # An automatic choice must not end a run: fp32 takes over instead.
+        self.allow_fp32_fallback = context.auto_precision
 
     # --- per step -----------------------------------------------------------------------
 
@@ -136,8 +142,8 @@ class NonFiniteGuard(L.Callback):
                  "(non-finite gradients under the automatically chosen reduced precision)")
 
     def summary(self) -> dict[str, Any]:
-        return {"skipped_steps": self.skipped_steps, "skipped_step_causes": dict(self.causes),
-                "overflow_steps": self.overflow_steps, "fp32_fallback_step": self.fp32_fallback_step}
+        return {"precision": {"fp32_fallback_step": self.fp32_fallback_step}, "skipped_steps": self.skipped_steps,
+                "skipped_step_causes": dict(self.causes), "overflow_steps": self.overflow_steps}
 
     def state_dict(self) -> dict[str, Any]:
         return {"skipped_steps": self.skipped_steps, "overflow_steps": self.overflow_steps,

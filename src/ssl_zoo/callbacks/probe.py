@@ -26,6 +26,7 @@ default data: 2,000 queries and no 8,000-image bank).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.parallel import collectives
 
 
@@ -46,12 +48,10 @@ class OnlineLinearProbe(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 50, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ValueError(f"callbacks.probe.every_n_steps must be an int >= 0 (0: at the end only), got {every_n_steps!r}")
-        if not lr > 0:
-            raise ValueError(f"callbacks.probe.lr must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"callbacks.probe.weight_decay must be >= 0, got {weight_decay}")
+        check_arg("probe", "every_n_steps", every_n_steps, lambda v: isinstance(v, int) and v >= 0,
+                  "an int >= 0 (0: at the end only)")
+        check_arg("probe", "lr", lr, lambda v: v > 0, "> 0")
+        check_arg("probe", "weight_decay", weight_decay, lambda v: v >= 0, ">= 0")
         self.every_n_steps = every_n_steps
         self.lr = lr
         self.weight_decay = weight_decay
@@ -64,6 +64,9 @@ class OnlineLinearProbe(L.Callback):
     @property
     def last_top1(self) -> float | None:
         return self.history[-1][1] if self.history else None
+
+    def summary(self) -> dict[str, Any]:
+        return {"probe_top1_end": self.last_top1}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule

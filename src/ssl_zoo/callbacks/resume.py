@@ -21,32 +21,22 @@ after the checkpoint, rank 0 requeues the job (``ssl_zoo.parallel.cluster``).
 
 from __future__ import annotations
 
-import logging
 import random
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import IterableDataset
 
+from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.callbacks.protocol import RunContext
+from ssl_zoo.console import say
 from ssl_zoo.parallel import cluster, collectives
 
-log = logging.getLogger("ssl_zoo")
-
 STATE_KEY = "ssl_zoo_resume"
-
-
-def say(message: str, *args: Any) -> None:
-    """A resume decision, in the run's log and on the console (once, from rank 0): Hydra
-    sends ssl_zoo's log records to train.log only."""
-    log.warning(message, *args)
-    if rank_zero_only.rank == 0:
-        print(message % args if args else message, file=sys.stderr, flush=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,16 +81,24 @@ class ResumeState(L.Callback):
     """
 
     def __init__(self, preempt_signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1")) -> None:
-        try:
-            self.signals = [signal.Signals[name] for name in preempt_signals]
-        except KeyError as err:
-            raise ValueError(f"callbacks.resume.preempt_signals: unknown signal {err.args[0]}") from None
-        self.resume_command: str | None = None  # set by ssl_zoo.train: printed when preempted
+        is_list = not isinstance(preempt_signals, str | None)
+        unknown = [n for n in preempt_signals if n not in signal.Signals.__members__] if is_list else []
+        check_arg("resume", "preempt_signals", preempt_signals, lambda v: is_list and not unknown,
+                  "a list of signal names such as [SIGTERM, SIGUSR1] ([]: none)",
+                  hint=f"unknown: {', '.join(map(str, unknown))}" if unknown else "")
+        self.signals = [signal.Signals[name] for name in preempt_signals]
+        self.resume_command: str | None = None  # printed when preempted (configure_run)
         self.preempted_at: int | None = None  # the step saved on preemption
         self._received: int | None = None
         self._requeue_on: signal.Signals | None = None  # SLURM auto-requeue's signal, if any
         self._rng_to_restore: dict[str, Any] | None = None
         self._previous_handlers: dict[int, Any] = {}
+
+    def configure_run(self, context: RunContext) -> None:
+        self.resume_command = context.resume_command
+
+    def summary(self) -> dict[str, Any]:
+        return {"preempted_at_step": self.preempted_at}
 
     # --- checkpoint contents ------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import lightning as L
 
@@ -27,6 +28,9 @@ class Throughput(L.Callback):
     @property
     def images_per_sec(self) -> float | None:
         return statistics.median(self.rates) if self.rates else None
+
+    def summary(self) -> dict[str, Any]:
+        return {"images_per_sec": self.images_per_sec}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last_end = None

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.eval.visualize import denormalize, draw_rows, pictures
 from ssl_zoo.parallel.fsdp import gathered
 
@@ -37,10 +38,8 @@ class Visualizer(L.Callback):
         pca_threshold: float = 0.0,
         dirname: str = "viz",
     ) -> None:
-        if every_n_steps < 0:
-            raise ValueError(f"callbacks.viz.every_n_steps must be >= 0 (0: at the end only), got {every_n_steps}")
-        if num_images < 1:
-            raise ValueError(f"callbacks.viz.num_images must be >= 1, got {num_images}")
+        check_arg("viz", "every_n_steps", every_n_steps, lambda v: v >= 0, ">= 0 (0: at the end only)")
+        check_arg("viz", "num_images", num_images, lambda v: v >= 1, ">= 1")
         self.every_n_steps = every_n_steps
         self.num_images = num_images
         self.attention = attention
