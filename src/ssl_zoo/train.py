@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -145,9 +146,17 @@ def plan_run(datamodule, trainer: L.Trainer, global_batch_size: int) -> RunPlan:
     once before training; a ConfigError when trainer.max_steps / max_epochs give no run
     or two different ones (the run would stop at the shorter and the schedules would not fit)."""
     world = int(trainer.num_devices) * int(trainer.num_nodes)
+    batches = datamodule.batches_per_epoch(world)
+    # trainer.limit_train_batches (and fast_dev_run, which sets it) shortens every epoch, as
+    # Lightning counts it: an int caps the batches, a float keeps that fraction.
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float) and limit < 1.0 and math.isfinite(batches):
+        batches = int(batches * limit)
     try:
         return plan_run_length(
-            datamodule.batches_per_epoch(world), trainer.accumulate_grad_batches, trainer.max_epochs,
+            batches, trainer.accumulate_grad_batches, trainer.max_epochs,
             trainer.max_steps, global_batch_size=global_batch_size,
         )
     except RunLengthError as err:

@@ -31,7 +31,7 @@ from ssl_zoo.models.ema import ema_update, make_teacher, set_teacher_mode
 from ssl_zoo.optim.recipe import OptimRecipe
 from ssl_zoo.optim.run_plan import RunPlan
 from ssl_zoo.optim.schedules import cosine_schedule
-from ssl_zoo.weights.load import CONFIG_KEY
+from ssl_zoo.weights.atomic import CONFIG_KEY
 
 
 class SSLMethod(L.LightningModule):

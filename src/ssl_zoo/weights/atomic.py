@@ -23,6 +23,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_zoo.errors import UserError
 
+# The key under which a checkpoint carries its run's composed config: written by the
+# method when Lightning saves, read back by weights/load.py (resume checks, export, eval).
+CONFIG_KEY = "ssl_zoo_config"
+
 
 class CheckpointSaveError(UserError):
     """A checkpoint that was not written; the previous one is untouched."""

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_zoo.errors import UserError
+from ssl_zoo.weights.atomic import CONFIG_KEY
 
-CONFIG_KEY = "ssl_zoo_config"
 WHICH = ("teacher", "student")
 
 
