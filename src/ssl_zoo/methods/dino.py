@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_zoo.losses import build_teacher_targets, dino_loss
+from ssl_zoo.losses import Views, build_teacher_targets, dino_loss
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
@@ -103,13 +103,8 @@ class DINO(SSLMethod):
             features.append(self.student["backbone"](local_crops)["cls"])
         student_logits = self.student["head"](torch.cat(features))
         n_images = global_crops.shape[0] // 2
-        loss = dino_loss(
-            student_logits,
-            teacher_probs,
-            n_student_views=student_logits.shape[0] // n_images,
-            n_teacher_views=2,
-            student_temp=self.temperatures.student,
-        )
+        loss = dino_loss(Views.from_rows(student_logits, n_images, 2), Views.from_rows(teacher_probs, n_images, 2),
+                         student_temp=self.temperatures.student)
         self.targets.update(teacher_logits)
         self.record_signals(student_features=features[0], eval_features=teacher_features, teacher_probs=teacher_probs)
         if hasattr(self.targets, "center"):

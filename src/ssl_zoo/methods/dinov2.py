@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_zoo.losses import build_teacher_targets, dinov2_objective
+from ssl_zoo.losses import MaskedPatches, Views, build_teacher_targets, dinov2_objective
 from ssl_zoo.methods.base import SSLMethod, _check
 from ssl_zoo.methods.temperature import Temperatures
 from ssl_zoo.models.backbones import Backbone
@@ -150,29 +150,20 @@ class DINOv2(SSLMethod):
             teacher_out = self.teacher["backbone"](global_crops)
             t_cls, t_patch = self._heads(self.teacher, teacher_out["cls"], _masked(teacher_out, masks))
             t_cls_probs = self.cls_targets.targets(t_cls, teacher_temp)
-            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp) if masks is not None else t_patch
+            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp) if masks is not None else None
 
         student_global = self.student["backbone"](global_crops, masks=masks)
-        n_global_rows = global_crops.shape[0]
         cls_features = student_global["cls"]
         if local_crops is not None:
             cls_features = torch.cat((cls_features, self.student["backbone"](local_crops)["cls"]))
         s_cls, s_patch = self._heads(self.student, cls_features, _masked(student_global, masks))
-        if masks is None:
-            patch_weights = s_patch.new_zeros(0)
-        else:
-            patch_weights = batch["mask_weights"][:, None].expand_as(masks)[masks]  # (M,)
-        n_images = n_global_rows // 2
+        patches = None if masks is None else MaskedPatches.from_masks(s_patch, t_patch_probs, masks, batch["mask_weights"])
+        n_images = global_crops.shape[0] // 2
         terms = dinov2_objective(
-            s_cls[n_global_rows:] if local_crops is not None else None,
-            s_cls[:n_global_rows],
-            t_cls_probs,
-            student_global["cls"],
-            s_patch,
-            t_patch_probs,
-            patch_weights,
-            n_images=n_global_rows,
-            n_local_views=(s_cls.shape[0] - n_global_rows) // n_images,
+            Views.from_rows(s_cls, n_images, 2),
+            Views.from_rows(t_cls_probs, n_images, 2),
+            Views.from_rows(student_global["cls"], n_images, 2),
+            patches,
             student_temp=self.temperatures.student,
             **self.weights,
         )
