@@ -1,7 +1,8 @@
 """Straightforward reference implementations the tests check the library against.
 
 They compute the same quantities as the library by another route (every patch instead of
-the gathered ones), so an equivalence test between the two can fail. Test code only:
+the gathered ones; the timm modules instead of the config), so an equivalence test
+between the two can fail. Test code only:
 ``ssl_zoo`` never calls them.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from timm.layers import DropPath
+from torch import Tensor, nn
 
 
 def patch_weights_from_masks(masks: Tensor) -> Tensor:
@@ -38,3 +40,13 @@ def ibot_patch_loss_dense(
         ce = -(teacher_patch_probs.float() * log_p).sum(dim=-1)  # (B, N)
         m = masks.float()
         return ((ce * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)).mean()
+
+
+def drop_path_rates(model: nn.Module) -> list[float]:
+    """The stochastic-depth rate of each transformer block of a timm ViT, read from its
+    modules (0 where a block has none)."""
+    rates = []
+    for block in getattr(model, "blocks", []):
+        drop_path = getattr(block, "drop_path1", None)
+        rates.append(float(drop_path.drop_prob) if isinstance(drop_path, DropPath) else 0.0)
+    return rates
