@@ -44,7 +44,7 @@ class GpuStats(L.Callback):
             torch.cuda.reset_peak_memory_stats()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        loss = getattr(pl_module, "last_loss", None)
+        loss = pl_module.last_loss
         stats = {
             "final_loss": None if loss is None else float(loss),
             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if torch.cuda.is_available() else None,

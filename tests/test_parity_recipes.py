@@ -18,6 +18,7 @@ from ssl_zoo.optim.run_plan import plan_run_length
 from ssl_zoo.train import build, build_method
 from tests.conftest import compose_config
 from tests.parity import load_fixture, parity_dir
+from tests.reference import drop_path_rates
 
 REL = 1e-6
 
@@ -58,7 +59,7 @@ def test_parity_recipe_preset_matches_reference_schedules(tmp_path, name):
     assert run.total_steps == recipe["total_iterations"]
     assert method.steps_per_epoch == recipe["iterations_per_epoch"]
 
-    rates = method.student["backbone"].drop_path_rates()
+    rates = drop_path_rates(method.student["backbone"].model)
     expected_rates = recipe["drop_path_per_block"].tolist()
     assert len(rates) == len(expected_rates)
     bad_rates = [(i, a, e) for i, (a, e) in enumerate(zip(rates, expected_rates)) if not _close(a, e)]

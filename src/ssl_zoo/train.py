@@ -32,6 +32,7 @@ from ssl_zoo.console import say
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
+from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.optim.run_plan import RunLengthError, RunPlan, plan_run_length
 from ssl_zoo.parallel.cluster import check_launch
 from ssl_zoo.parallel.fsdp import check_shardable
@@ -58,7 +59,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 def _build_collate(cfg: DictConfig, backbone, method) -> MultiCropCollate:
     collate = build(cfg.augmentation.collate, "augmentation.collate")
-    if getattr(method, "uses_masks", False) and collate.mask_generator is None:
+    if method.uses_masks and collate.mask_generator is None:
         raise ConfigError(
             f"method {_target_name(cfg.method)} with backbone={backbone.model_name} masks patch tokens "
             "(iBOT) but augmentation.masking is null: remove that override, or set method.ibot_weight=0"
@@ -92,7 +93,13 @@ def build_method(cfg: DictConfig, backbone=None):
     """The configured method around ``backbone`` (built from cfg.backbone if None), with
     the run's optimizer recipe (cfg.optim) injected."""
     backbone = build(cfg.backbone, "backbone") if backbone is None else backbone
-    return build(cfg.method, "method", backbone=backbone, optim=build(cfg.optim, "optim"))
+    method = build(cfg.method, "method", backbone=backbone, optim=build(cfg.optim, "optim"))
+    if not isinstance(method, SSLMethod):  # train and the callbacks read its declared attributes
+        raise ConfigError(
+            f"method._target_={cfg.method._target_} builds a {type(method).__name__}, not an "
+            "ssl_zoo.methods.base.SSLMethod: subclass SSLMethod (see methods/dino.py)"
+        )
+    return method
 
 
 def build_all(cfg: DictConfig) -> dict[str, Any]:

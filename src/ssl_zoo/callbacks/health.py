@@ -20,6 +20,7 @@ import torch
 
 from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.eval.health import embedding_std, kl_to_uniform, mean_entropy, prototype_usage, rankme
+from ssl_zoo.methods.base import SSLMethod
 
 log = logging.getLogger("ssl_zoo.health")
 
@@ -75,9 +76,9 @@ class HealthMonitor(L.Callback):
         if step == 0 or step % self.every_n_steps or step == self._last_step:
             return
         self._last_step = step
-        signals = getattr(pl_module, "step_signals", {})
-        if "student_features" not in signals:
+        if not isinstance(pl_module, SSLMethod) or "student_features" not in pl_module.step_signals:
             return  # a method outside the SSLMethod contract
+        signals = pl_module.step_signals
         values, dims = measure(signals)
         self.last = values
         for logger in trainer.loggers:

@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.callbacks.resume import was_preempted
+from ssl_zoo.data.datamodule import knn_data
 from ssl_zoo.eval.knn import knn_class_scores
 from ssl_zoo.parallel import collectives
 
@@ -82,7 +83,7 @@ class KNNEvaluator(L.Callback):
         }
 
     def _enabled(self, trainer: L.Trainer) -> bool:
-        return bool(getattr(trainer.datamodule, "has_knn", False))
+        return knn_data(trainer.datamodule) is not None
 
     @torch.no_grad()
     def _features(self, pl_module: L.LightningModule, loader, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

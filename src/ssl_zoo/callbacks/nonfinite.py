@@ -35,6 +35,7 @@ from lightning.pytorch.plugins.precision import Precision
 from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.callbacks.protocol import RunContext
 from ssl_zoo.errors import UserError
+from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.parallel import collectives
 from ssl_zoo.parallel.collectives import full_norms
 
@@ -72,7 +73,7 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        loss = getattr(pl_module, "last_loss", None)
+        loss = pl_module.last_loss if isinstance(pl_module, SSLMethod) else None
         # One reduction and one host sync per step. The sum over processes makes the
         # decision global: every process skips, or none does (FSDP2 shards the gradients,
         # and each process has its own loss), so the replicas never drift apart.
@@ -123,7 +124,7 @@ class NonFiniteGuard(L.Callback):
     @staticmethod
     def _cause(pl_module: L.LightningModule, loss_finite: bool) -> str:
         if not loss_finite:
-            terms = getattr(pl_module, "last_loss_terms", None) or {}
+            terms = pl_module.last_loss_terms if isinstance(pl_module, SSLMethod) else {}
             bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
             return f"non-finite loss ({', '.join(bad)})" if bad else "non-finite loss"
         bad = [name for name, p in pl_module.named_parameters()

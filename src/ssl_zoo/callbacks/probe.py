@@ -35,6 +35,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.data.datamodule import knn_data
+from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.parallel import collectives
 
 
@@ -69,8 +71,8 @@ class OnlineLinearProbe(L.Callback):
         return {"probe_top1_end": self.last_top1}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if not getattr(datamodule, "has_knn", False):
+        datamodule = knn_data(trainer.datamodule)
+        if datamodule is None:
             rank_zero_info("online probe off: it needs the labeled kNN splits (data.knn_train_set / knn_val_set)")
             return
         if self.head is None:
@@ -98,7 +100,7 @@ class OnlineLinearProbe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.head is None:
             return
-        features = getattr(pl_module, "step_signals", {}).get("eval_features")
+        features = pl_module.step_signals.get("eval_features") if isinstance(pl_module, SSLMethod) else None
         if features is None:
             return
         labels = batch["labels"].repeat(features.shape[0] // batch["labels"].shape[0])  # view-major rows

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.data.datamodule import knn_data
 from ssl_zoo.eval.visualize import denormalize, draw_rows, pictures
 from ssl_zoo.parallel.fsdp import gathered
 
@@ -51,8 +52,8 @@ class Visualizer(L.Callback):
 
     def _fixed_images(self, trainer: L.Trainer) -> torch.Tensor | None:
         if self._images is None:
-            datamodule = trainer.datamodule
-            if not getattr(datamodule, "has_knn", False):
+            datamodule = knn_data(trainer.datamodule)
+            if datamodule is None:
                 return None
             datamodule.setup()
             queries = datamodule.knn_val

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -29,6 +29,27 @@ from ssl_zoo.datasets.images import DataError, bad_image_report
 from ssl_zoo.parallel import collectives
 
 DatasetFactory = Callable[..., Dataset]
+
+
+@runtime_checkable
+class KnnData(Protocol):
+    """What the kNN, online-probe and picture callbacks read of a datamodule: the labeled
+    memory bank and query splits. :class:`SSLDataModule` has them; with another datamodule,
+    or without the splits (``has_knn`` False), those callbacks stay off."""
+
+    has_knn: bool  # both splits are configured
+    knn_val: Dataset | None  # the queries, once set up
+
+    def setup(self, stage: str | None = None) -> None: ...
+
+    def knn_dataloaders(self) -> tuple[DataLoader, DataLoader]: ...
+
+    def num_classes(self) -> int: ...
+
+
+def knn_data(datamodule: Any) -> KnnData | None:
+    """``datamodule`` when it has the labeled kNN splits, else None."""
+    return datamodule if isinstance(datamodule, KnnData) and datamodule.has_knn else None
 
 
 class SSLDataModule(L.LightningDataModule):

@@ -5,7 +5,7 @@ with ``H(a, b) = -sum_k a_k log b_k`` and ``P_s = softmax(s / T_s)``. The teache
 (centering or Sinkhorn-Knopp, see ``targets.py``) are computed by the caller and passed in as
 probabilities; they must carry no gradient (the caller detaches / uses a frozen teacher).
 
-Views are stacked view-major: rows ``[v * B, (v + 1) * B)`` belong to view ``v``.
+Every view is its own (B, K) tensor, the same B images in every view (``views.py``).
 """
 
 from __future__ import annotations
@@ -14,116 +14,58 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _views(x: Tensor, n_views: int, name: str) -> Tensor:
-    """(V*B, K) -> (V, B, K), validating the row count."""
-    if n_views < 1:
-        raise ValueError(f"n_{name}_views must be >= 1, got {n_views}")
-    if x.ndim != 2 or x.shape[0] % n_views != 0:
-        raise ValueError(
-            f"{name} tensor must be (n_{name}_views * B, K) with n_{name}_views={n_views}, "
-            f"got shape {tuple(x.shape)}"
-        )
-    return x.reshape(n_views, x.shape[0] // n_views, x.shape[1])
+from ssl_zoo.losses.views import Views
 
 
-def dino_cross_entropy_matrix(
-    student_logits: Tensor,
-    teacher_probs: Tensor,
-    n_student_views: int,
-    n_teacher_views: int,
-    student_temp: float = 0.1,
-) -> Tensor:
+def dino_cross_entropy_matrix(student: Views, teacher: Views, student_temp: float = 0.1) -> Tensor:
     """Batch-mean cross-entropy of every (teacher view, student view) pair.
 
     Args:
-        student_logits: (S*B, K) student head outputs, view-major.
-        teacher_probs: (T*B, K) teacher targets (rows sum to 1), view-major.
-        n_student_views: S.
-        n_teacher_views: T.
+        student: S views (B, K), student head outputs (``all``: globals then locals).
+        teacher: T views (B, K), teacher targets (rows sum to 1).
         student_temp: student temperature T_s > 0 (DINO: 0.1).
 
     Returns:
-        (T, S) float32 matrix, entry [i, v] = mean_b H(teacher_i[b], softmax(student_v[b] / T_s)).
+        (T, S) float32 matrix, entry [i, v] = mean_b H(teacher view i, student view v).
     """
     if not student_temp > 0:
         raise ValueError(f"student_temp must be > 0, got {student_temp}")
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        s = _views(student_logits.float(), n_student_views, "student")
-        t = _views(teacher_probs.float(), n_teacher_views, "teacher")
-        if s.shape[1:] != t.shape[1:]:
-            raise ValueError(
-                f"student views are (B={s.shape[1]}, K={s.shape[2]}) but teacher views are "
-                f"(B={t.shape[1]}, K={t.shape[2]})"
-            )
-        log_p = F.log_softmax(s / student_temp, dim=-1)  # (S, B, K), once for all pairs
+    s, t = student.stacked("student views"), teacher.stacked("teacher views")
+    if s.ndim != 3 or s.shape[1:] != t.shape[1:]:
+        raise ValueError(
+            f"student and teacher views must all be (B, K) of one shape, got {tuple(s.shape[1:])} "
+            f"(student) and {tuple(t.shape[1:])} (teacher)"
+        )
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        log_p = F.log_softmax(s.float() / student_temp, dim=-1)  # (S, B, K), once for all pairs
         # One contraction over (b, k) for all pairs instead of a loop over pairs.
-        return -torch.einsum("tbk,sbk->ts", t, log_p) / s.shape[1]
+        return -torch.einsum("tbk,sbk->ts", t.float(), log_p) / s.shape[1]
 
 
-def dino_loss(
-    student_logits: Tensor,
-    teacher_probs: Tensor,
-    n_student_views: int,
-    n_teacher_views: int,
-    student_temp: float = 0.1,
-) -> Tensor:
+def dino_loss(student: Views, teacher: Views, student_temp: float = 0.1) -> Tensor:
     """DINO v1 loss: mean over pairs (teacher view i, student view v) with v != i.
 
-    The first ``n_teacher_views`` student views are the global crops seen by the teacher
-    (view i of the student is the same crop as view i of the teacher), the rest are local
-    crops. DINO averages over the ``T * S - T`` remaining pairs (``main_dino.py``
-    ``DINOLoss``).
+    Student global view i is the crop of teacher view i, so that pair is skipped; DINO
+    averages over the ``T * S - T`` remaining pairs (``main_dino.py`` ``DINOLoss``).
 
     Args:
-        student_logits: (S*B, K) student outputs, globals first, view-major.
-        teacher_probs: (T*B, K) teacher targets, view-major.
-        n_student_views: S (DINO: 2 global + 10 local).
-        n_teacher_views: T <= S (DINO: 2).
+        student: student outputs, each view (B, K): ``global_`` the T crops the teacher saw
+            (DINO: 2), ``local`` the others (DINO: 10).
+        teacher: teacher targets, T global views (B, K) in the order of ``student.global_``.
         student_temp: T_s > 0.
 
     Returns:
         Scalar float32 loss.
     """
-    if n_teacher_views > n_student_views:
+    n_teacher, n_student = len(teacher.all), len(student.all)
+    if len(student.global_) != n_teacher or teacher.local:
         raise ValueError(
-            f"n_teacher_views ({n_teacher_views}) must be <= n_student_views "
-            f"({n_student_views}): the teacher views are the student's first views"
+            f"the teacher has {len(teacher.global_)} global and {len(teacher.local)} local views, "
+            f"the student {len(student.global_)} global: the teacher's views are the student's global views"
         )
-    if n_student_views < 2:
-        raise ValueError(
-            f"n_student_views must be >= 2 to have a pair v != i, got {n_student_views}"
-        )
-    ce = dino_cross_entropy_matrix(
-        student_logits, teacher_probs, n_student_views, n_teacher_views, student_temp
-    )
-    same_view = torch.eye(n_teacher_views, n_student_views, dtype=torch.bool, device=ce.device)
-    n_pairs = n_teacher_views * n_student_views - n_teacher_views
+    if n_student < 2:
+        raise ValueError(f"the student needs >= 2 views to have a pair v != i, got {n_student}")
+    ce = dino_cross_entropy_matrix(student, teacher, student_temp)
+    same_view = torch.eye(n_teacher, n_student, dtype=torch.bool, device=ce.device)
+    n_pairs = n_teacher * n_student - n_teacher
     return ce.masked_fill(same_view, 0.0).sum() / n_pairs
-
-
-def dinov2_cross_entropy(
-    student_logits: Tensor,
-    teacher_probs: Tensor,
-    n_student_views: int,
-    n_teacher_views: int,
-    student_temp: float = 0.1,
-) -> Tensor:
-    """Sum over every (student view, teacher view) pair of the batch-mean cross-entropy.
-
-    This is DINOv2's ``DINOLoss.forward``: no pair is skipped and nothing is averaged over
-    pairs; the DINOv2 objective (``dinov2.py``) does the pairing and scaling.
-
-    Args:
-        student_logits: (S*B, K) student outputs, view-major.
-        teacher_probs: (T*B, K) teacher targets, view-major.
-        n_student_views: S.
-        n_teacher_views: T.
-        student_temp: T_s > 0.
-
-    Returns:
-        Scalar float32 loss.
-    """
-    return dino_cross_entropy_matrix(
-        student_logits, teacher_probs, n_student_views, n_teacher_views, student_temp
-    ).sum()

@@ -11,107 +11,82 @@ and must carry no gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def _check_student_temp(student_temp: float) -> None:
-    if not student_temp > 0:
-        raise ValueError(f"student_temp must be > 0, got {student_temp}")
+@dataclass(frozen=True)
+class MaskedPatches:
+    """The iBOT term's inputs: the masked patches of the global crops, gathered (``x[masks]``,
+    image-major).
 
-
-def patch_weights_from_masks(masks: Tensor) -> Tensor:
-    """Per-masked-patch weights 1 / (masked patches in its image).
-
-    Args:
-        masks: (B, N) bool, True where the patch is masked.
-
-    Returns:
-        (M,) float32 weights, M = masks.sum(), in the order of ``x[masks]`` (image-major).
+    Attributes:
+        student_logits: (M, K) student head outputs at the masked patches.
+        teacher_probs: (M, K) teacher targets at the same patches (no gradient).
+        weights: (M,) weight of each patch, usually 1 / (masked patches in its image).
+        n_images: B, the rows of the (B, N) mask the patches were gathered with, images
+            without a masked patch included.
     """
-    if masks.ndim != 2 or masks.dtype != torch.bool:
-        raise ValueError(
-            f"masks must be a (B, N) bool tensor, got {masks.dtype} {tuple(masks.shape)}"
-        )
-    per_image = 1.0 / masks.sum(dim=-1, keepdim=True).clamp(min=1).float()  # (B, 1)
-    return per_image.expand(masks.shape)[masks]
+
+    student_logits: Tensor
+    teacher_probs: Tensor
+    weights: Tensor
+    n_images: int
+
+    @classmethod
+    def from_masks(
+        cls, student_logits: Tensor, teacher_probs: Tensor, masks: Tensor, mask_weights: Tensor
+    ) -> MaskedPatches:
+        """The patches gathered with ``masks`` and their weights.
+
+        Args:
+            student_logits, teacher_probs: (M, K) at the patches ``masks`` selects.
+            masks: (B, N) bool, True where the patch is masked (the batch's ``masks``).
+            mask_weights: (B,) the weight of each image's masked patches (the batch's
+                ``mask_weights``: 1 / max(masked patches of the image, 1)).
+        """
+        if masks.ndim != 2 or masks.dtype != torch.bool:
+            raise ValueError(
+                f"masks must be a (B, N) bool tensor, got {masks.dtype} {tuple(masks.shape)}"
+            )
+        if mask_weights.shape != masks.shape[:1]:
+            raise ValueError(
+                f"mask_weights must be (B,) = ({masks.shape[0]},), one per masked image, "
+                f"got {tuple(mask_weights.shape)}"
+            )
+        weights = mask_weights[:, None].expand_as(masks)[masks]  # (M,), the order of x[masks]
+        return cls(student_logits, teacher_probs, weights, masks.shape[0])
 
 
-def ibot_patch_loss(
-    student_patch_logits: Tensor,
-    teacher_patch_probs: Tensor,
-    patch_weights: Tensor,
-    n_images: int,
-    student_temp: float = 0.1,
-) -> Tensor:
+def ibot_patch_loss(patches: MaskedPatches, student_temp: float = 0.1) -> Tensor:
     """iBOT loss on the gathered masked patches.
 
     Args:
-        student_patch_logits: (M, K) student head outputs at the masked patches.
-        teacher_patch_probs: (M, K) teacher targets at the same patches.
-        patch_weights: (M,) weight of each patch, usually 1 / (masked patches in its image)
-            (see ``patch_weights_from_masks``).
-        n_images: B, the number of images the masks were drawn for (images with no masked
-            patch included), >= 1.
+        patches: the M masked patches (student logits, teacher targets, weights) and the
+            number B >= 1 of images they come from.
         student_temp: T_s > 0 (0.1).
 
     Returns:
         Scalar float32 loss (0 when M = 0).
     """
-    _check_student_temp(student_temp)
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
-    if student_patch_logits.ndim != 2 or student_patch_logits.shape != teacher_patch_probs.shape:
+    if not student_temp > 0:
+        raise ValueError(f"student_temp must be > 0, got {student_temp}")
+    student, teacher, weights = patches.student_logits, patches.teacher_probs, patches.weights
+    if patches.n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {patches.n_images}")
+    if student.ndim != 2 or student.shape != teacher.shape:
         raise ValueError(
-            "student_patch_logits and teacher_patch_probs must both be (M, K), got "
-            f"{tuple(student_patch_logits.shape)} and {tuple(teacher_patch_probs.shape)}"
+            "student_logits and teacher_probs must both be (M, K), got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
         )
-    if patch_weights.shape != student_patch_logits.shape[:1]:
+    if weights.shape != student.shape[:1]:
         raise ValueError(
-            f"patch_weights must be (M,) = ({student_patch_logits.shape[0]},), "
-            f"got {tuple(patch_weights.shape)}"
+            f"weights must be (M,) = ({student.shape[0]},), got {tuple(weights.shape)}"
         )
-    with torch.autocast(device_type=student_patch_logits.device.type, enabled=False):
-        log_p = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
-        ce = -(teacher_patch_probs.float() * log_p).sum(dim=-1)  # (M,)
-        return (ce * patch_weights.float()).sum() / n_images
-
-
-def ibot_patch_loss_dense(
-    student_patch_logits: Tensor,
-    teacher_patch_probs: Tensor,
-    masks: Tensor,
-    student_temp: float = 0.1,
-) -> Tensor:
-    """iBOT loss on full patch grids, the mask selecting the terms (DINOv2 ``forward``).
-
-    Same value as ``ibot_patch_loss`` on the gathered patches with
-    ``patch_weights_from_masks(masks)`` and ``n_images = B``, but computes every patch.
-
-    Args:
-        student_patch_logits: (B, N, K) student head outputs for every patch.
-        teacher_patch_probs: (B, N, K) teacher targets for every patch.
-        masks: (B, N) bool, True where the patch is masked.
-        student_temp: T_s > 0.
-
-    Returns:
-        Scalar float32 loss.
-    """
-    _check_student_temp(student_temp)
-    if student_patch_logits.ndim != 3 or student_patch_logits.shape != teacher_patch_probs.shape:
-        raise ValueError(
-            "student_patch_logits and teacher_patch_probs must both be (B, N, K), got "
-            f"{tuple(student_patch_logits.shape)} and {tuple(teacher_patch_probs.shape)}"
-        )
-    if masks.shape != student_patch_logits.shape[:2] or masks.dtype != torch.bool:
-        raise ValueError(
-            f"masks must be a (B, N) = {tuple(student_patch_logits.shape[:2])} bool tensor, "
-            f"got {masks.dtype} {tuple(masks.shape)}"
-        )
-    with torch.autocast(device_type=student_patch_logits.device.type, enabled=False):
-        log_p = F.log_softmax(student_patch_logits.float() / student_temp, dim=-1)
-        ce = -(teacher_patch_probs.float() * log_p).sum(dim=-1)  # (B, N)
-        m = masks.float()
-        per_image = (ce * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)  # (B,)
-        return per_image.mean()
+    with torch.autocast(device_type=student.device.type, enabled=False):
+        log_p = F.log_softmax(student.float() / student_temp, dim=-1)
+        ce = -(teacher.float() * log_p).sum(dim=-1)  # (M,)
+        return (ce * weights.float()).sum() / patches.n_images

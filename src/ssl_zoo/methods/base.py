@@ -67,6 +67,21 @@ class SSLMethod(L.LightningModule):
     #: An EMA teacher, a copy of the student built by ``init_networks`` (False: supervised).
     uses_teacher = True
 
+    # --- what ssl_zoo.train and the callbacks read: plain attributes, declared here -------
+
+    #: The student masks patch tokens (iBOT): ``ssl_zoo.train`` then requires a collate that
+    #: draws masks (``augmentation.masking``). DINOv2 sets it from its config and backbone.
+    uses_masks: bool = False
+    #: This step's detached tensors, keys of ``STEP_SIGNALS`` (``record_signals``): read by
+    #: the health monitor and the online probe (callbacks/health.py, callbacks/probe.py).
+    step_signals: dict[str, torch.Tensor]
+    #: This step's detached loss and its ``*_loss`` terms: read by the non-finite guard
+    #: (callbacks/nonfinite.py), which sets ``skip_teacher_update`` when it skipped the
+    #: optimizer step, making the next EMA update a no-op.
+    last_loss: torch.Tensor | None
+    last_loss_terms: dict[str, torch.Tensor]
+    skip_teacher_update: bool
+
     def __init__(
         self,
         optim: OptimRecipe | None = None,
@@ -83,15 +98,12 @@ class SSLMethod(L.LightningModule):
         self.student: nn.ModuleDict | None = None
         self.teacher: nn.ModuleDict | None = None
         self.sharded = False  # set by configure_model under FSDP2
-        # See STEP_SIGNALS; references only (no copy), replaced every step.
-        self.step_signals: dict[str, torch.Tensor] = {}
+        self.step_signals = {}  # references only (no copy), replaced every step
         # The resolved run config, set by train() and saved in every checkpoint so that
         # eval / viz / export can rebuild the backbone from the file alone.
         self.run_config: dict[str, Any] | None = None
-        # The non-finite guard's contract (callbacks/nonfinite.py): the step's loss and its
-        # terms, and a flag that turns the next EMA update into a no-op when the step was skipped.
-        self.last_loss: torch.Tensor | None = None
-        self.last_loss_terms: dict[str, torch.Tensor] = {}  # the ``*_loss`` entries of the step's logs
+        self.last_loss = None
+        self.last_loss_terms = {}
         self.skip_teacher_update = False
 
     # --- what a method provides -------------------------------------------------------

@@ -13,15 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_zoo.losses import build_teacher_targets, dino_loss
-from ssl_zoo.methods.base import SSLMethod, _check
-from ssl_zoo.methods.temperature import Temperatures
+from ssl_zoo.losses import dino_loss
+from ssl_zoo.methods.dino_family import DINOFamily
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.weights.official import load_heads
 
 
-class DINO(SSLMethod):
+class DINO(DINOFamily):
     """Defaults are the DINO ViT-S/16 reference values (main_dino.py) unless noted.
 
     Args:
@@ -43,6 +41,8 @@ class DINO(SSLMethod):
             gradient, as in main_dino.py.
     """
 
+    method_name = "dino"
+    teacher_temp_per_epoch = True  # main_dino.py: one value per epoch
     cancel_frozen_last_layer_grads = True
 
     def __init__(
@@ -63,32 +63,14 @@ class DINO(SSLMethod):
         head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
-        super().__init__(**optim)
-        self.temperatures = Temperatures(
-            student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=True
-        )
-        _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
+        super().__init__(student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs,
+                         teacher_targets, center_momentum, head_init_from=head_init_from, **optim)
         self.head_args = (out_dim, hidden_dim, bottleneck_dim, head_layers, head_use_bn, norm_last_layer)
-        self.head_init_from = head_init_from
         self.init_networks(backbone)
-        self.targets = build_teacher_targets(teacher_targets, out_dim, center_momentum=center_momentum)
+        self.targets = self.new_targets(out_dim)
 
-    def build_student(self, backbone: Backbone) -> nn.ModuleDict:
-        head = DINOHead(backbone.embed_dim, *self.head_args)
-        if self.head_init_from:  # before the teacher copy, so both start from the file
-            load_heads(self.head_init_from, {"head": head}, method="dino")
-        return nn.ModuleDict({"backbone": backbone, "head": head})
-
-    def check_views(self, n_global: int, n_local: int) -> None:
-        if n_global != 2:
-            raise ValueError(f"augmentation.n_global must be 2 for DINO (the teacher sees the 2 global crops), got {n_global}")
-
-    @property
-    def eval_backbone(self) -> nn.Module:
-        return self.teacher["backbone"]  # DINO reports the teacher (Caron et al. 2021, sec. 3.1)
-
-    def teacher_temp_at(self, step: int) -> float:
-        return self.temperatures.teacher_at(step, self.steps_per_epoch)
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
+        return {"head": DINOHead(backbone.embed_dim, *self.head_args)}
 
     def compute_loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         global_crops, local_crops = batch["global_crops"], batch["local_crops"]
@@ -102,17 +84,8 @@ class DINO(SSLMethod):
         if local_crops is not None:
             features.append(self.student["backbone"](local_crops)["cls"])
         student_logits = self.student["head"](torch.cat(features))
-        n_images = global_crops.shape[0] // 2
-        loss = dino_loss(
-            student_logits,
-            teacher_probs,
-            n_student_views=student_logits.shape[0] // n_images,
-            n_teacher_views=2,
-            student_temp=self.temperatures.student,
-        )
+        loss = dino_loss(self.split_views(student_logits, global_crops), self.split_views(teacher_probs, global_crops),
+                         student_temp=self.temperatures.student)
         self.targets.update(teacher_logits)
-        self.record_signals(student_features=features[0], eval_features=teacher_features, teacher_probs=teacher_probs)
-        if hasattr(self.targets, "center"):
-            self.record_signals(center=self.targets.center)
-        logs = {"dino_loss": loss.detach(), "teacher_temp": teacher_temp, "teacher_momentum": self.momentum_at(step)}
-        return loss, logs
+        self.record_teacher_signals(features[0], teacher_features, teacher_probs, self.targets)
+        return loss, {"dino_loss": loss.detach(), **self.teacher_logs(step, teacher_temp)}

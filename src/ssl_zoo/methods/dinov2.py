@@ -15,15 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_zoo.losses import build_teacher_targets, dinov2_objective
-from ssl_zoo.methods.base import SSLMethod, _check
-from ssl_zoo.methods.temperature import Temperatures
+from ssl_zoo.losses import MaskedPatches, dinov2_objective
+from ssl_zoo.methods.base import _check
+from ssl_zoo.methods.dino_family import DINOFamily
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.heads import DINOHead
-from ssl_zoo.weights.official import load_heads
 
 
-class DINOv2(SSLMethod):
+class DINOv2(DINOFamily):
     """Defaults follow dinov2/configs/ssl_default_config.yaml unless noted.
 
     Args:
@@ -50,6 +49,9 @@ class DINOv2(SSLMethod):
     in dinov2 ``layers/dino_head.py``; DINO v1 fixes it (``norm_last_layer``).
     """
 
+    method_name = "dinov2"
+    teacher_temp_per_epoch = False  # DINOv2's CosineScheduler: one value per iteration
+
     def __init__(
         self,
         backbone: Backbone,
@@ -72,12 +74,8 @@ class DINOv2(SSLMethod):
         head_init_from: str | None = None,
         **optim: Any,
     ) -> None:
-        super().__init__(**optim)
-        self.temperatures = Temperatures(
-            student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs, per_epoch=False
-        )
-        _check("center_momentum", 0 <= center_momentum <= 1, center_momentum, "in [0, 1]")
-        _check("sinkhorn_iterations", sinkhorn_iterations >= 1, sinkhorn_iterations, ">= 1")
+        super().__init__(student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs,
+                         teacher_targets, center_momentum, sinkhorn_iterations, head_init_from, **optim)
         _check("dino_weight", dino_weight > 0, dino_weight, "> 0 (the CLS term is DINOv2's core)")
         _check("ibot_weight", ibot_weight >= 0, ibot_weight, ">= 0 (0 disables the iBOT term)")
         _check("koleo_weight", koleo_weight >= 0, koleo_weight, ">= 0 (0 disables KoLeo)")
@@ -99,38 +97,23 @@ class DINOv2(SSLMethod):
         self.head_dims = {"hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim, "n_layers": head_layers,
                           "norm_last_layer": False}
         self.head_out_dims = {"dino_head": out_dim, **({"ibot_head": ibot_out_dim} if separate_ibot_head else {})}
-        self.head_init_from = head_init_from
         self.init_networks(backbone)
-        kinds = {"center_momentum": center_momentum, "n_iterations": sinkhorn_iterations}
-        self.cls_targets = build_teacher_targets(teacher_targets, out_dim, **kinds)
-        self.patch_targets = build_teacher_targets(teacher_targets, ibot_out_dim, **kinds)
+        self.cls_targets = self.new_targets(out_dim)
+        self.patch_targets = self.new_targets(ibot_out_dim)
 
     def build_student(self, backbone: Backbone) -> nn.ModuleDict:
         if self.uses_masks:
             backbone.enable_mask_token("dinov2")
-        modules = {"backbone": backbone}
-        modules.update({name: DINOHead(backbone.embed_dim, dim, **self.head_dims) for name, dim in self.head_out_dims.items()})
-        if self.head_init_from:  # before the teacher copy, so both start from the file
-            heads = {name: module for name, module in modules.items() if name != "backbone"}
-            mask_token = load_heads(self.head_init_from, heads, method="dinov2")
-            if mask_token is not None and backbone.mask_token is not None:  # none without masking
-                backbone.set_mask_token(mask_token)
-        return nn.ModuleDict(modules)
+        return super().build_student(backbone)
 
-    def check_views(self, n_global: int, n_local: int) -> None:
-        if n_global != 2:
-            raise ValueError(f"augmentation.n_global must be 2 for DINOv2, got {n_global}")
-
-    @property
-    def eval_backbone(self) -> nn.Module:
-        return self.teacher["backbone"]
-
-    def teacher_temp_at(self, step: int) -> float:
-        return self.temperatures.teacher_at(step, self.steps_per_epoch)
+    def build_heads(self, backbone: Backbone) -> dict[str, nn.Module]:
+        return {name: DINOHead(backbone.embed_dim, dim, **self.head_dims) for name, dim in self.head_out_dims.items()}
 
     @staticmethod
-    def _heads(net: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _heads(net: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """CLS and masked-patch logits; one head call over both when the head is shared."""
+        if patches is None:
+            return net["dino_head"](cls), None
         if "ibot_head" in net:
             return net["dino_head"](cls), net["ibot_head"](patches)
         logits = net["dino_head"](torch.cat((cls, patches)))
@@ -150,50 +133,35 @@ class DINOv2(SSLMethod):
             teacher_out = self.teacher["backbone"](global_crops)
             t_cls, t_patch = self._heads(self.teacher, teacher_out["cls"], _masked(teacher_out, masks))
             t_cls_probs = self.cls_targets.targets(t_cls, teacher_temp)
-            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp) if masks is not None else t_patch
+            t_patch_probs = self.patch_targets.targets(t_patch, teacher_temp) if masks is not None else None
 
         student_global = self.student["backbone"](global_crops, masks=masks)
-        n_global_rows = global_crops.shape[0]
         cls_features = student_global["cls"]
         if local_crops is not None:
             cls_features = torch.cat((cls_features, self.student["backbone"](local_crops)["cls"]))
         s_cls, s_patch = self._heads(self.student, cls_features, _masked(student_global, masks))
-        if masks is None:
-            patch_weights = s_patch.new_zeros(0)
-        else:
-            patch_weights = batch["mask_weights"][:, None].expand_as(masks)[masks]  # (M,)
-        n_images = n_global_rows // 2
+        patches = None if masks is None else MaskedPatches.from_masks(s_patch, t_patch_probs, masks, batch["mask_weights"])
         terms = dinov2_objective(
-            s_cls[n_global_rows:] if local_crops is not None else None,
-            s_cls[:n_global_rows],
-            t_cls_probs,
-            student_global["cls"],
-            s_patch,
-            t_patch_probs,
-            patch_weights,
-            n_images=n_global_rows,
-            n_local_views=(s_cls.shape[0] - n_global_rows) // n_images,
+            self.split_views(s_cls, global_crops),
+            self.split_views(t_cls_probs, global_crops),
+            self.split_views(student_global["cls"], global_crops),
+            patches,
             student_temp=self.temperatures.student,
             **self.weights,
         )
         self.cls_targets.update(t_cls)
         if masks is not None:
             self.patch_targets.update(t_patch)
-        self.record_signals(student_features=student_global["cls"], eval_features=teacher_out["cls"],
-                            teacher_probs=t_cls_probs)
-        if hasattr(self.cls_targets, "center"):
-            self.record_signals(center=self.cls_targets.center)
+        self.record_teacher_signals(student_global["cls"], teacher_out["cls"], t_cls_probs, self.cls_targets)
         logs = {f"{name}_loss": value.detach() for name, value in terms.items() if name != "total"}
         # DINO's definition (mean cross-entropy over the view pairs, before dino_weight), so
         # one panel compares train/dino_loss across the family; the split stays as extra terms.
         logs["dino_loss"] = (terms["dino_local"] + terms["dino_global"]).detach() / self.weights["dino_weight"]
-        logs.update(teacher_temp=teacher_temp, teacher_momentum=self.momentum_at(step),
+        logs.update(self.teacher_logs(step, teacher_temp),
                     masked_patch_fraction=masks.float().mean() if masks is not None else 0.0)
         return terms["total"], logs
 
 
-def _masked(backbone_out: dict[str, torch.Tensor | None], masks: torch.Tensor | None) -> torch.Tensor:
-    """(M, D) patch tokens at the masked positions; (0, D) without masks."""
-    if masks is None:
-        return backbone_out["cls"].new_zeros(0, backbone_out["cls"].shape[-1])
-    return backbone_out["patch"][masks]
+def _masked(backbone_out: dict[str, torch.Tensor | None], masks: torch.Tensor | None) -> torch.Tensor | None:
+    """(M, D) patch tokens at the masked positions; None without masks."""
+    return None if masks is None else backbone_out["patch"][masks]

@@ -110,10 +110,6 @@ class Backbone(nn.Module):
         with torch.no_grad():
             self.mask_token.copy_(value.reshape(1, 1, -1))
 
-    def drop_path_rates(self) -> list[float]:
-        """The stochastic-depth rate of each transformer block (0 where it has none)."""
-        return [_block_drop_path_rate(block) for block in getattr(self.model, "blocks", [])]
-
     def shard_units(self) -> list[nn.Module]:
         """The repeated blocks FSDP2 shards one at a time (each all-gathered only while it
         runs): a ViT's transformer blocks, a CNN's stages (``stages``, or ResNet's
@@ -162,11 +158,6 @@ def _change_resnet_stem(model: nn.Module, model_name: str, stride_one: bool) -> 
     if stride_one:
         first_conv.stride = (1, 1)
     model.maxpool = nn.Identity()
-
-
-def _block_drop_path_rate(block: nn.Module) -> float:
-    drop_path = getattr(block, "drop_path1", None)
-    return float(drop_path.drop_prob) if isinstance(drop_path, DropPath) else 0.0
 
 
 def _make_drop_path_uniform(model: nn.Module, model_name: str, rate: float) -> None:
