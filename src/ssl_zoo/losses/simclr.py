@@ -65,8 +65,9 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
         candidates = gather_with_grad(local)  # (W*2B, D): process r's rows at [2B*r, 2B*(r+1))
         logits = local @ candidates.T / temperature  # (2B, W*2B)
         rows = torch.arange(2 * b, device=local.device)
-        own = rows + 2 * b * collectives.rank()  # each anchor's own column in the gathered matrix
-        positive = own - rows + (rows + b) % (2 * b)  # the other view of the same image
+        offset = 2 * b * collectives.rank()  # this process's first column in the gathered matrix
+        own = offset + rows  # each anchor's own column
+        positive = offset + (rows + b) % (2 * b)  # the other view of the same image
         # An anchor is not its own negative: its column drops out of the softmax.
         logits = logits.masked_fill(F.one_hot(own, candidates.shape[0]).bool(), float("-inf"))
         return F.cross_entropy(logits, positive)
