@@ -49,6 +49,12 @@ METHODS = {
     # BYOL's projector and predictor have BatchNorm too
     "byol": (["method=byol", *CNN, "method.projector_hidden_dim=128", "method.predictor_hidden_dim=128",
               "optim/optimizer=sgd", "optim.schedule.base_lr=0.1"], True),
+    # SimCLR's negatives are the global batch, gathered with their gradients. At 8 images the
+    # loss sits near chance (ln 15), where its gradient is a small difference of large terms:
+    # fp32 round-off in the gradient is ~1e-4 of it (float64: both runs agree to 1e-15), so
+    # a smaller lr keeps the parameters' round-off within the tolerance.
+    "simclr": (["method=simclr", *CNN, "method.projector_hidden_dim=128", "optim/optimizer=sgd",
+                "optim.schedule.base_lr=0.01"], True),
 }
 STRATEGIES = ("ddp", "fsdp")
 

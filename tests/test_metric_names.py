@@ -21,6 +21,7 @@ SMALL = {
     "dinov2": TINY_HEAD,
     "byol": ["method.projector_hidden_dim=128", "method.projector_out_dim=64", "method.predictor_hidden_dim=128"],
     "supervised": [],
+    "simclr": ["method.projector_hidden_dim=128", "method.projector_out_dim=64"],
 }
 EVERY_METHOD = {"train/loss", "train/lr", "train/wd", "health/embedding_std", "health/embedding_std_ratio",
                 "health/rankme"}
@@ -34,6 +35,7 @@ EXPECTED = {
        "train/masked_patch_fraction"},
     "byol": EVERY_METHOD | WITH_TEACHER | {"train/byol_loss"},
     "supervised": EVERY_METHOD | {"train/ce_loss", "train/top1"},
+    "simclr": EVERY_METHOD | {"train/simclr_loss"},
 }
 
 
