@@ -15,7 +15,7 @@ import torch
 
 from ssl_zoo.data.sampling import batches_per_epoch
 from ssl_zoo.optim.run_plan import plan_run_length
-from ssl_zoo.train import build, build_method
+from ssl_zoo.train import build_backbone, build_method
 from tests.conftest import compose_config
 from tests.parity import load_fixture, parity_dir
 
@@ -34,7 +34,7 @@ def build_as_trainer_would(name: str, world_size: int, batch_size: int, dataset_
     optimizer, and the run length."""
     cfg = compose_config([f"experiment={name}", f"data.batch_size={batch_size}"], run_dir)
     with torch.device("meta"):
-        backbone = build(cfg.backbone, "backbone")
+        backbone = build_backbone(cfg)
         method = build_method(cfg, backbone)
     accumulate = cfg.trainer.accumulate_grad_batches
     batches = batches_per_epoch(dataset_size, world_size, batch_size, drop_last=True)

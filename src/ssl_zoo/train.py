@@ -36,6 +36,7 @@ from ssl_zoo.optim.run_plan import RunLengthError, RunPlan, plan_run_length
 from ssl_zoo.parallel.cluster import check_launch
 from ssl_zoo.parallel.fsdp import check_shardable
 from ssl_zoo.parallel.precision import check_precision
+from ssl_zoo.weights.initial import architecture_node, load_initial_weights
 from ssl_zoo.weights.load import check_resumable, newest_checkpoint
 
 log = logging.getLogger("ssl_zoo")
@@ -88,16 +89,24 @@ def _check_crop_sizes(cfg: DictConfig, backbone) -> None:
             )
 
 
+def build_backbone(cfg: DictConfig):
+    """The configured Backbone with its initial weights (``backbone.init_from``, loaded
+    into the built network: ``ssl_zoo.weights.initial``)."""
+    backbone = build(architecture_node(cfg.backbone), "backbone")
+    load_initial_weights(backbone, cfg.backbone)
+    return backbone
+
+
 def build_method(cfg: DictConfig, backbone=None):
     """The configured method around ``backbone`` (built from cfg.backbone if None), with
     the run's optimizer recipe (cfg.optim) injected."""
-    backbone = build(cfg.backbone, "backbone") if backbone is None else backbone
+    backbone = build_backbone(cfg) if backbone is None else backbone
     return build(cfg.method, "method", backbone=backbone, optim=build(cfg.optim, "optim"))
 
 
 def build_all(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and cross-check datamodule, method, callbacks, logger and trainer."""
-    backbone = build(cfg.backbone, "backbone")
+    backbone = build_backbone(cfg)
     method = build_method(cfg, backbone)
     transform_cfg = cfg.augmentation.transform
     try:

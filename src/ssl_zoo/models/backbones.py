@@ -39,13 +39,6 @@ class Backbone(nn.Module):
         drop_path_uniform: every transformer block gets ``drop_path_rate`` (DINOv2's
             ``drop_path_uniform``) instead of timm's linear ramp from 0 at the first
             block to ``drop_path_rate`` at the last (DINO's rule).
-        init_from: initial weights: an official DINO / DINOv2 file, an ``ssl-zoo
-            export`` safetensors file or an ssl_zoo training checkpoint (mapping and
-            rules: :mod:`ssl_zoo.weights.official`). Loading is strict about keys and
-            shapes. A mask token in the file initialises the iBOT mask token when the
-            method enables one.
-        init_from_key: ``teacher`` or ``student``: which network of a training
-            checkpoint to take (ignored for backbone-only files).
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``,
             ``patch_size``, ``depth``, ``drop_path_rate``, ``init_values`` for layer
             scale, ``dynamic_img_size``).
@@ -57,8 +50,6 @@ class Backbone(nn.Module):
         small_image_stem: bool = False,
         stem_max_pool: bool = True,
         drop_path_uniform: bool = False,
-        init_from: str | None = None,
-        init_from_key: str = "teacher",
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -85,10 +76,6 @@ class Backbone(nn.Module):
         self.mask_token: nn.Parameter | None = None
         self._masks: torch.Tensor | None = None
         self._init_mask_token: torch.Tensor | None = None
-        if init_from:
-            from ssl_zoo.weights.official import load_backbone_weights
-
-            self._init_mask_token = load_backbone_weights(self, init_from, init_from_key)
 
     def enable_mask_token(self, method: str) -> None:
         """Add a learnable mask token for masked image modelling (iBOT, DINOv2)."""
@@ -102,6 +89,13 @@ class Backbone(nn.Module):
             self.model.patch_embed.register_forward_hook(self._apply_mask_token)
             if self._init_mask_token is not None:
                 self.set_mask_token(self._init_mask_token)
+
+    def init_mask_token(self, value: torch.Tensor) -> None:
+        """Pretrained mask-token values (1, 1, D) (``ssl_zoo.weights.initial``): copied
+        into the token now if it is enabled, else when ``enable_mask_token`` enables it."""
+        self._init_mask_token = value
+        if self.mask_token is not None:
+            self.set_mask_token(value)
 
     def set_mask_token(self, value: torch.Tensor) -> None:
         """Copy pretrained mask-token values (shape (1, 1, D)) into the enabled token."""
