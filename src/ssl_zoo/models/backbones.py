@@ -36,7 +36,7 @@ class Backbone(nn.Module):
         stem_max_pool: false drops only the stem's max-pool (stride 2 stays): at 32 px the
             last map is 2x2 instead of 1x1, for ~2x the compute (``small_image_stem``
             costs ~10x). ResNet-style stems only.
-        drop_path_uniform: every transformer block gets ``drop_path_rate`` (DINOv2's
+        drop_path_uniform: every residual block (the adapter's ``blocks``) gets ``drop_path_rate`` (DINOv2's
             ``drop_path_uniform``) instead of timm's linear ramp from 0 at the first
             block to ``drop_path_rate`` at the last (DINO's rule).
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``,
