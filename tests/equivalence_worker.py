@@ -33,7 +33,7 @@ from ssl_zoo.optim.run_plan import RunPlan  # noqa: E402
 from ssl_zoo.parallel import collectives  # noqa: E402
 from ssl_zoo.parallel.fsdp import FSDP2Strategy  # noqa: E402
 from ssl_zoo.parallel.layer_sync import SyncBatchNormLayerSync  # noqa: E402
-from ssl_zoo.train import _build_collate, build, build_method  # noqa: E402
+from ssl_zoo.train import _build_collate, build_backbone, build_method  # noqa: E402
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -112,7 +112,7 @@ def run_case(strategy_name: str, overrides: list[str], sync_batchnorm: bool) -> 
     """One method's 3 steps under one strategy; the result on global rank 0, else None."""
     cfg = compose_config(overrides, Path(tempfile.mkdtemp()))
     L.seed_everything(cfg.seed, workers=True)
-    backbone = build(cfg.backbone, "backbone")
+    backbone = build_backbone(cfg)
     method = build_method(cfg, backbone)
     batches = global_batches(cfg, backbone, method)
     method.plan_run(RunPlan(total_steps=STEPS, steps_per_data_epoch=len(batches), global_batch_size=GLOBAL_BATCH))

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def patch_weights_from_masks(masks: Tensor) -> Tensor:
@@ -41,12 +40,3 @@ def ibot_patch_loss_dense(
         m = masks.float()
         return ((ce * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1.0)).mean()
 
-
-def drop_path_rates(model: nn.Module) -> list[float]:
-    """The stochastic-depth rate of each transformer block of a timm ViT, read from its
-    modules (0 where a block has none)."""
-    rates = []
-    for block in getattr(model, "blocks", []):
-        drop_path = getattr(block, "drop_path1", None)
-        rates.append(float(drop_path.drop_prob) if isinstance(drop_path, DropPath) else 0.0)
-    return rates

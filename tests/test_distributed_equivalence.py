@@ -128,7 +128,7 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
     from lightning import seed_everything
 
     from ssl_zoo.config import compose_config
-    from ssl_zoo.train import build, build_method
+    from ssl_zoo.train import build_backbone, build_method
     from tests.equivalence_worker import GLOBAL_BATCH, global_batches, rank_slice
 
     overrides = [o for o in METHODS["dinov2"][0] if not o.startswith("method.koleo_weight")] + ["method.koleo_weight=0.1"]
@@ -137,7 +137,7 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
     def koleo_of(batch: dict) -> float:
         cfg = compose_config(overrides, tmp_path / "compose")
         seed_everything(cfg.seed)
-        backbone = build(cfg.backbone, "backbone")
+        backbone = build_backbone(cfg)
         method = build_method(cfg, backbone)
         method.plan_run(RunPlan(total_steps=3, steps_per_data_epoch=3, global_batch_size=GLOBAL_BATCH))
         _, logs = method.compute_loss(batch, step=0)
@@ -145,7 +145,7 @@ def test_koleo_is_per_process_as_in_the_reference(tmp_path):
 
     cfg = compose_config(overrides, tmp_path / "compose")
     seed_everything(cfg.seed)
-    backbone = build(cfg.backbone, "backbone")
+    backbone = build_backbone(cfg)
     first = global_batches(cfg, backbone, build_method(cfg, backbone))[0]
     per_process = [koleo_of(rank_slice(first, rank, 2)) for rank in range(2)]
     whole = koleo_of(first)

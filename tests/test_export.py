@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from ssl_zoo import cli
 from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.train import build_backbone
 from ssl_zoo.weights.export import ExportError, export_backbone
 from ssl_zoo.weights.load import load_backbone, load_checkpoint, run_config
 from tests.conftest import TINY_DATA, TINY_HEAD, TINY_VIT
@@ -75,7 +76,8 @@ def test_export_round_trips_into_continued_pretraining(runs, kind, tmp_path):
     info = export_backbone(ckpt, tmp_path / "vit.safetensors", head=True)
     teacher = {k[len("teacher."):]: v for k, v in load_checkpoint(ckpt)["state_dict"].items() if k.startswith("teacher.")}
     cfg = run_config(ckpt)
-    backbone = instantiate(cfg.backbone, init_from=info["file"])
+    cfg.backbone.init_from = info["file"]
+    backbone = build_backbone(cfg)
     method = instantiate(cfg.method, backbone=backbone, optim=instantiate(cfg.optim), head_init_from=info["head_file"])
     for net in (method.student, method.teacher):
         state = net.state_dict()
@@ -83,7 +85,8 @@ def test_export_round_trips_into_continued_pretraining(runs, kind, tmp_path):
         for key, value in teacher.items():
             assert torch.equal(state[key], value), key
     # The training checkpoint itself is a valid init_from too (teacher backbone).
-    direct = Backbone(**{k: v for k, v in cfg.backbone.items() if k not in ("_target_", "init_from")}, init_from=ckpt)
+    cfg.backbone.init_from = str(ckpt)
+    direct = build_backbone(cfg)
     assert all(torch.equal(v, teacher[f"backbone.{k}"]) for k, v in direct.state_dict().items())
 
 

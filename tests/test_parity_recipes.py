@@ -15,10 +15,9 @@ import torch
 
 from ssl_zoo.data.sampling import batches_per_epoch
 from ssl_zoo.optim.run_plan import plan_run_length
-from ssl_zoo.train import build, build_method
+from ssl_zoo.train import build_backbone, build_method
 from tests.conftest import compose_config
 from tests.parity import load_fixture, parity_dir
-from tests.reference import drop_path_rates
 
 REL = 1e-6
 
@@ -35,7 +34,7 @@ def build_as_trainer_would(name: str, world_size: int, batch_size: int, dataset_
     optimizer, and the run length."""
     cfg = compose_config([f"experiment={name}", f"data.batch_size={batch_size}"], run_dir)
     with torch.device("meta"):
-        backbone = build(cfg.backbone, "backbone")
+        backbone = build_backbone(cfg)
         method = build_method(cfg, backbone)
     accumulate = cfg.trainer.accumulate_grad_batches
     batches = batches_per_epoch(dataset_size, world_size, batch_size, drop_last=True)
@@ -59,7 +58,8 @@ def test_parity_recipe_preset_matches_reference_schedules(tmp_path, name):
     assert run.total_steps == recipe["total_iterations"]
     assert method.steps_per_epoch == recipe["iterations_per_epoch"]
 
-    rates = drop_path_rates(method.student["backbone"].model)
+    backbone = method.student["backbone"]
+    rates = [backbone.adapter.drop_path_rate(block) for block in backbone.blocks()]
     expected_rates = recipe["drop_path_per_block"].tolist()
     assert len(rates) == len(expected_rates)
     bad_rates = [(i, a, e) for i, (a, e) in enumerate(zip(rates, expected_rates)) if not _close(a, e)]

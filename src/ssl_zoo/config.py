@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -20,24 +19,6 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 # (ssl_zoo/optim/run_plan.py). Registered on import, before any composition.
 if not OmegaConf.has_resolver("epochs_unless_max_steps"):
     OmegaConf.register_new_resolver("epochs_unless_max_steps", epochs_unless_max_steps)
-
-
-def patch_grid(image_size: int, patch_size: int | None, model_name: str) -> int:
-    """Patches per side of an ``image_size`` crop (the iBOT mask grid). Without an explicit
-    backbone.patch_size, timm's ViT names carry it (vit_large_patch16_224)."""
-    if patch_size is None and (found := re.search(r"patch(\d+)", str(model_name))):
-        patch_size = int(found.group(1))
-    if patch_size is None:
-        raise ValueError(
-            f"augmentation.masking draws iBOT masks, but backbone={model_name} has no patch tokens: choose a "
-            "ViT backbone (e.g. backbone=vit_tiny), or for DINOv2 on a CNN set augmentation.masking=null "
-            "method.ibot_weight=0"
-        )
-    return int(image_size) // int(patch_size)
-
-
-if not OmegaConf.has_resolver("patch_grid"):
-    OmegaConf.register_new_resolver("patch_grid", patch_grid)
 
 
 def _fastest_precision(accelerator: str = "auto") -> str:

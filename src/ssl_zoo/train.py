@@ -17,6 +17,7 @@ import re
 import shlex
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from ssl_zoo.optim.run_plan import RunLengthError, RunPlan, plan_run_length
 from ssl_zoo.parallel.cluster import check_launch
 from ssl_zoo.parallel.fsdp import check_shardable
 from ssl_zoo.parallel.precision import check_precision
+from ssl_zoo.weights.initial import architecture_node, load_initial_weights
 from ssl_zoo.weights.load import check_resumable, newest_checkpoint
 
 log = logging.getLogger("ssl_zoo")
@@ -58,20 +60,37 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def _build_collate(cfg: DictConfig, backbone, method) -> MultiCropCollate:
-    collate = build(cfg.augmentation.collate, "augmentation.collate")
-    if method.uses_masks and collate.mask_generator is None:
+    """The batch collate; with augmentation.masking, its iBOT mask generator on the patch
+    grid of the global crops, which the built backbone gives."""
+    masking = cfg.augmentation.get("masking")
+    if method.uses_masks and masking is None:
         raise ConfigError(
             f"method {_target_name(cfg.method)} with backbone={backbone.model_name} masks patch tokens "
             "(iBOT) but augmentation.masking is null: remove that override, or set method.ibot_weight=0"
         )
-    if collate.mask_generator is not None and backbone.patch_size:
-        grid = cfg.augmentation.transform.global_size // backbone.patch_size
-        if tuple(collate.mask_generator.grid_size) != (grid, grid):
-            raise ConfigError(
-                f"augmentation.masking.generator.grid_size={collate.mask_generator.grid_size} but the global crops "
-                f"have {grid}x{grid} patches of backbone={backbone.model_name}: leave grid_size to its default"
-            )
-    return collate
+    generator = None
+    if masking is not None:
+        grid = _mask_grid(cfg, backbone)
+        generator = build(masking.generator, "augmentation.masking.generator", grid_size=grid)
+    return build(cfg.augmentation.collate, "augmentation.collate", mask_generator=generator)
+
+
+def _mask_grid(cfg: DictConfig, backbone) -> tuple[int, int]:
+    """The patch grid of the global crops, where iBOT masks are drawn."""
+    grid = backbone.patch_grid(cfg.augmentation.transform.global_size)
+    if grid is None:
+        raise ConfigError(
+            f"augmentation.masking draws iBOT masks, but backbone={backbone.model_name} has no patch tokens: choose a "
+            "ViT backbone (e.g. backbone=vit_tiny), or for DINOv2 on a CNN set augmentation.masking=null "
+            "method.ibot_weight=0"
+        )
+    given = cfg.augmentation.masking.generator.get("grid_size")
+    if given is not None and tuple(given if isinstance(given, Sequence) else (given, given)) != grid:
+        raise ConfigError(
+            f"augmentation.masking.generator.grid_size={given} but the global crops have {grid[0]}x{grid[1]} "
+            f"patches of backbone={backbone.model_name}: remove that override (the grid comes from the backbone)"
+        )
+    return grid
 
 
 def _check_crop_sizes(cfg: DictConfig, backbone) -> None:
@@ -89,10 +108,18 @@ def _check_crop_sizes(cfg: DictConfig, backbone) -> None:
             )
 
 
+def build_backbone(cfg: DictConfig):
+    """The configured Backbone with its initial weights (``backbone.init_from``, loaded
+    into the built network: ``ssl_zoo.weights.initial``)."""
+    backbone = build(architecture_node(cfg.backbone), "backbone")
+    load_initial_weights(backbone, cfg.backbone)
+    return backbone
+
+
 def build_method(cfg: DictConfig, backbone=None):
     """The configured method around ``backbone`` (built from cfg.backbone if None), with
     the run's optimizer recipe (cfg.optim) injected."""
-    backbone = build(cfg.backbone, "backbone") if backbone is None else backbone
+    backbone = build_backbone(cfg) if backbone is None else backbone
     method = build(cfg.method, "method", backbone=backbone, optim=build(cfg.optim, "optim"))
     if not isinstance(method, SSLMethod):  # train and the callbacks read its declared attributes
         raise ConfigError(
@@ -104,7 +131,7 @@ def build_method(cfg: DictConfig, backbone=None):
 
 def build_all(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and cross-check datamodule, method, callbacks, logger and trainer."""
-    backbone = build(cfg.backbone, "backbone")
+    backbone = build_backbone(cfg)
     method = build_method(cfg, backbone)
     transform_cfg = cfg.augmentation.transform
     try:

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from ssl_zoo.models.backbones import Backbone
-from tests.reference import drop_path_rates
 
 
 def tiny_vit(**kwargs):
@@ -71,10 +70,10 @@ def test_unknown_timm_model_is_a_clear_error():
 
 def test_drop_path_is_a_ramp_by_default_and_uniform_on_request():
     ramp = Backbone("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4, drop_path_rate=0.3)
-    assert drop_path_rates(ramp.model) == pytest.approx([0.0, 0.1, 0.2, 0.3])  # timm / DINO: linear
+    assert drop_path_rates(ramp) == pytest.approx([0.0, 0.1, 0.2, 0.3])  # timm / DINO: linear
     uniform = Backbone("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4, drop_path_rate=0.3,
                        drop_path_uniform=True)
-    assert drop_path_rates(uniform.model) == pytest.approx([0.3] * 4)  # DINOv2 drop_path_uniform
+    assert drop_path_rates(uniform) == pytest.approx([0.3] * 4)  # DINOv2 drop_path_uniform
     assert all(b.drop_path2.drop_prob == pytest.approx(0.3) for b in uniform.model.blocks)
     # the rate is really applied: in training mode a block's residual branch is dropped
     # for some samples
@@ -84,6 +83,10 @@ def test_drop_path_is_a_ramp_by_default_and_uniform_on_request():
     assert 0.2 < (out == 0).float().mean().item() < 0.4
 
 
-def test_uniform_drop_path_on_a_cnn_is_a_clear_error():
-    with pytest.raises(ValueError, match="drop_path_uniform=true needs transformer blocks"):
-        Backbone("resnet10t", drop_path_rate=0.1, drop_path_uniform=True)
+def test_uniform_drop_path_on_a_model_of_no_known_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="drop_path_uniform=true needs the residual blocks.*'regnetx_002'"):
+        Backbone("regnetx_002", drop_path_rate=0.1, drop_path_uniform=True)
+
+
+def drop_path_rates(backbone: Backbone) -> list[float]:
+    return [backbone.adapter.drop_path_rate(block) for block in backbone.blocks()]

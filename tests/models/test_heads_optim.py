@@ -3,7 +3,7 @@ import torch
 
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.models.heads import DINOHead, MLPHead
-from ssl_zoo.optim.param_groups import build_param_groups, vit_layer_id
+from ssl_zoo.optim.param_groups import build_param_groups
 
 
 def test_dino_head_last_layer_is_weight_normalised_with_fixed_norm():
@@ -27,7 +27,7 @@ def test_param_groups_decay_flags_and_layer_decay():
     named = [(f"student.backbone.{n}", p) for n, p in backbone.named_parameters()]
     named += [(f"student.head.{n}", p) for n, p in head.named_parameters()]
     groups = build_param_groups(named, layer_decay=0.9, num_layers=3, patch_embed_lr_mult=0.2,
-                                backbone_prefix="student.backbone.")
+                                backbone_prefix="student.backbone.", layer_id=backbone.layer_id)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["student.backbone.model.blocks.0.attn.qkv.bias"]["wd_multiplier"] == 0.0
     assert by_name["student.backbone.model.blocks.0.norm1.weight"]["wd_multiplier"] == 0.0
@@ -39,4 +39,6 @@ def test_param_groups_decay_flags_and_layer_decay():
     assert by_name["student.head.last_layer.parametrizations.weight.original1"]["is_last_layer"]
     # frozen parameters (the fixed weight-norm magnitude) are not optimised at all
     assert "student.head.last_layer.parametrizations.weight.original0" not in by_name
-    assert vit_layer_id("model.cls_token", 3) == 0 and vit_layer_id("model.norm.weight", 3) == 4
+    assert backbone.layer_id("model.cls_token") == 0 and backbone.layer_id("model.norm.weight") == 4
+    with pytest.raises(ValueError, match="layer_decay < 1 needs layer_id"):
+        build_param_groups(named, layer_decay=0.9, num_layers=3, backbone_prefix="student.backbone.")

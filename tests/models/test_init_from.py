@@ -21,9 +21,17 @@ import torch.nn.functional as F
 from ssl_zoo.methods.dino import DINO
 from ssl_zoo.methods.dinov2 import DINOv2
 from ssl_zoo.models.backbones import Backbone
+from ssl_zoo.weights.initial import load_initial_weights
 from ssl_zoo.weights.official import InitFromError
 
 TOL = 1e-5
+
+
+def pretrained(model_name: str, init_from: str, init_from_key: str = "teacher", **kwargs) -> Backbone:
+    """The Backbone of ``backbone.init_from=... backbone.init_from_key=...``, as train builds it."""
+    backbone = Backbone(model_name, **kwargs)
+    load_initial_weights(backbone, {"init_from": init_from, "init_from_key": init_from_key})
+    return backbone
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +160,7 @@ def test_dino_vits16_release_file(tmp_path):
     img_size = 112  # the 14x14 grid resampled to 7x7 (224 px: the training checkpoint test)
     path = tmp_path / "dino_deitsmall16_pretrain.pth"
     torch.save(sd, path)
-    backbone = Backbone("vit_small_patch16_224", img_size=img_size, depth=2, dynamic_img_size=True, init_from=str(path))
+    backbone = pretrained("vit_small_patch16_224", img_size=img_size, depth=2, dynamic_img_size=True, init_from=str(path))
     images = torch.randn(2, 3, img_size, img_size)
     with torch.no_grad():
         check_equal(f"DINO ViT-S/16 release, {img_size} px", features(backbone, images), reference_vit(sd, images, 16, 6))
@@ -174,10 +182,10 @@ def test_dino_training_checkpoint_teacher_student_and_head(tmp_path):
     torch.save(checkpoint, path)
     images = torch.randn(2, 3, 224, 224)
     kwargs = dict(img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
-    backbone = Backbone("vit_small_patch16_224", **kwargs)
+    backbone = pretrained("vit_small_patch16_224", **kwargs)
     with torch.no_grad():
         check_equal("DINO training checkpoint, teacher", features(backbone, images), reference_vit(teacher, images, 16, 6))
-        chosen = Backbone("vit_small_patch16_224", init_from_key="student", **kwargs)
+        chosen = pretrained("vit_small_patch16_224", init_from_key="student", **kwargs)
         check_equal("DINO training checkpoint, student", features(chosen, images), reference_vit(student, images, 16, 6))
 
     method = DINO(backbone, out_dim=128, hidden_dim=256, bottleneck_dim=64, head_init_from=str(path))
@@ -197,7 +205,7 @@ def test_dinov2_vits14_release_file_interpolates_37x37_positions(tmp_path):
     sd = official_vit(patch=14, grid=37, layer_scale=True, mask_token=True)  # pos_embed (1, 1370, 384)
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(sd, path)
-    backbone = Backbone("vit_small_patch14_dinov2", img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
+    backbone = pretrained("vit_small_patch14_dinov2", img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
     images = torch.randn(2, 3, 224, 224)  # 16x16 patches: DINOv2 bicubic, scale (16 + 0.1) / 37
     with torch.no_grad():
         check_equal("DINOv2 ViT-S/14, 224 px", features(backbone, images), reference_vit(sd, images, 14, 6))
@@ -209,7 +217,7 @@ def test_dinov2_vits14_reg4_release_file(tmp_path):
     sd = official_vit(patch=14, grid=37, layer_scale=True, n_reg=4, mask_token=True)
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(sd, path)
-    backbone = Backbone("vit_small_patch14_reg4_dinov2", img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
+    backbone = pretrained("vit_small_patch14_reg4_dinov2", img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
     images = torch.randn(2, 3, 224, 224)  # _reg models: interpolate_offset 0, antialias
     with torch.no_grad():
         ours = features(backbone, images)
@@ -235,7 +243,7 @@ def test_dinov2_training_checkpoint_chunked_blocks_and_heads(tmp_path):
              **{f"student.backbone.{k}": v + 1 for k, v in chunked.items()}}
     path = tmp_path / "model_0012499.pth"
     torch.save({"model": model, "iteration": 12499}, path)  # fvcore checkpointer
-    backbone = Backbone("vit_small_patch14_dinov2", img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
+    backbone = pretrained("vit_small_patch14_dinov2", img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         check_equal("DINOv2 training checkpoint, chunked", features(backbone, images), reference_vit(sd, images, 14, 6))
@@ -256,7 +264,7 @@ def test_dinov2_vitg14_swiglu_mapping(tmp_path):
     sd = official_vit(width=1536, depth=1, patch=14, grid=37, layer_scale=True, swiglu_hidden=4096)
     path = tmp_path / "dinov2_vitg14_pretrain.pth"
     torch.save(sd, path)
-    backbone = Backbone("vit_giant_patch14_dinov2", img_size=28, depth=1, dynamic_img_size=True, init_from=str(path))
+    backbone = pretrained("vit_giant_patch14_dinov2", img_size=28, depth=1, dynamic_img_size=True, init_from=str(path))
     images = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         check_equal("DINOv2 ViT-g/14 SwiGLU (1 block)", features(backbone, images), reference_vit(sd, images, 14, 24))
@@ -275,7 +283,7 @@ def test_timm_layout_safetensors_resamples_like_timm(tmp_path):
             param.add_(torch.randn_like(param) * 0.3)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    ours = Backbone(name, img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
+    ours = pretrained(name, img_size=224, depth=2, dynamic_img_size=True, init_from=str(path))
     reference = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), custom_load=False),
                                   num_classes=0, depth=2, img_size=224, dynamic_img_size=True)
     images = torch.randn(2, 3, 224, 224)
@@ -308,14 +316,14 @@ def resnet50_file(tmp_path_factory):
 
 def test_dino_resnet50_torchvision_layout(resnet50_file, tmp_path):
     reference, path = resnet50_file
-    backbone = Backbone("resnet50", init_from=str(path))
+    backbone = pretrained("resnet50", init_from=str(path))
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         check_equal("DINO ResNet-50", features(backbone, images), reference(images))
     # A torchvision file with its classifier: fc is ignored, the rest loads.
     with_fc = tmp_path / "resnet50_with_fc.pth"
     torch.save({**torch.load(path, weights_only=True), "fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}, with_fc)
-    Backbone("resnet50", init_from=str(with_fc))
+    pretrained("resnet50", init_from=str(with_fc))
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -325,7 +333,7 @@ def test_wrong_architecture_is_named_with_a_suggestion(tmp_path):
     path = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
     torch.save(official_vit(width=768, patch=14, grid=37, layer_scale=True, n_reg=4, mask_token=True), path)
     with pytest.raises(InitFromError) as err:
-        Backbone("vit_small_patch16_224", img_size=224, depth=2, init_from=str(path))
+        pretrained("vit_small_patch16_224", img_size=224, depth=2, init_from=str(path))
     message = str(err.value)
     assert str(path) in message
     assert "looks like a ViT-B/14 with 4 registers, 2 blocks, layer scale" in message
@@ -336,27 +344,27 @@ def test_wrong_architecture_is_named_with_a_suggestion(tmp_path):
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(official_vit(patch=14, grid=37, layer_scale=True), path)
     with pytest.raises(InitFromError, match=r"unexpected blocks\.0\.ls1\.gamma.*vit_small_patch14_dinov2"):
-        Backbone("vit_small_patch16_224", img_size=224, patch_size=14, depth=2, init_from=str(path))
+        pretrained("vit_small_patch16_224", img_size=224, patch_size=14, depth=2, init_from=str(path))
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_resnet_file_into_a_vit_and_bad_files(resnet50_file, tmp_path):
     path = resnet50_file[1]
     with pytest.raises(InitFromError, match=r"looks like a ResNet \(bottleneck blocks 3-4-6-3\).*choose backbone=resnet50"):
-        Backbone("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, init_from=str(path))
+        pretrained("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, init_from=str(path))
 
     corrupt = tmp_path / "truncated.pth"
     corrupt.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(InitFromError, match="truncated.pth: cannot be read"):
-        Backbone("resnet50", init_from=str(corrupt))
+        pretrained("resnet50", init_from=str(corrupt))
     bad_safetensors = tmp_path / "bad.safetensors"
     bad_safetensors.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InitFromError, match="bad.safetensors: cannot be read as safetensors"):
-        Backbone("resnet50", init_from=str(bad_safetensors))
+        pretrained("resnet50", init_from=str(bad_safetensors))
     with pytest.raises(InitFromError, match="^backbone.init_from: .*missing.pth: no such file"):
-        Backbone("resnet50", init_from=str(tmp_path / "missing.pth"))
+        pretrained("resnet50", init_from=str(tmp_path / "missing.pth"))
     with pytest.raises(InitFromError, match="^backbone.init_from_key=ema: choose one of teacher, student"):
-        Backbone("resnet50", init_from=str(path), init_from_key="ema")
+        pretrained("resnet50", init_from=str(path), init_from_key="ema")
 
     class Exploit:
         def __reduce__(self):
@@ -366,7 +374,7 @@ def test_resnet_file_into_a_vit_and_bad_files(resnet50_file, tmp_path):
     with open(crafted, "wb") as f:
         pickle.dump({"conv1.weight": Exploit()}, f)
     with pytest.raises(InitFromError, match="pickled code, which is refused"):
-        Backbone("resnet50", init_from=str(crafted))
+        pretrained("resnet50", init_from=str(crafted))
 
 
 def test_byol_refuses_head_init_from(tmp_path):

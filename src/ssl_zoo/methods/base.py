@@ -200,8 +200,8 @@ class SSLMethod(L.LightningModule):
             self.sharded = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        num_layers = len(getattr(self.student["backbone"].model, "blocks", []))
-        return self.optim.build(self.named_parameters(), None, num_layers, self.backbone_param_prefix)
+        backbone = self.student["backbone"]
+        return self.optim.build(self.named_parameters(), backbone.layer_id, backbone.num_layers, self.backbone_param_prefix)
 
     def apply_schedules(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
         """Set every parameter group's lr and weight decay for ``step``; returns the

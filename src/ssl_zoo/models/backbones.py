@@ -9,6 +9,8 @@ ViTs are created with ``dynamic_img_size=True`` so that global and local crops o
 different resolutions pass through the same weights (position embeddings interpolated).
 iBOT/DINOv2 masking is a forward hook on the ViT's patch embedding that swaps masked
 patch embeddings for a learnable mask token: the timm forward stays untouched.
+What ssl_zoo knows of the model's layout (blocks for drop path, FSDP2 units and layer
+decay; the patch grid) comes from its family's adapter (:mod:`ssl_zoo.models.adapters`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 import timm
 import torch
-from timm.layers import DropPath
 from torch import nn
 
+from ssl_zoo.models.adapters import adapter_for
 from ssl_zoo.models.conv_precision import guard_small_input_convs
 
 
@@ -34,16 +36,9 @@ class Backbone(nn.Module):
         stem_max_pool: false drops only the stem's max-pool (stride 2 stays): at 32 px the
             last map is 2x2 instead of 1x1, for ~2x the compute (``small_image_stem``
             costs ~10x). ResNet-style stems only.
-        drop_path_uniform: every transformer block gets ``drop_path_rate`` (DINOv2's
+        drop_path_uniform: every residual block (the adapter's ``blocks``) gets ``drop_path_rate`` (DINOv2's
             ``drop_path_uniform``) instead of timm's linear ramp from 0 at the first
             block to ``drop_path_rate`` at the last (DINO's rule).
-        init_from: initial weights: an official DINO / DINOv2 file, an ``ssl-zoo
-            export`` safetensors file or an ssl_zoo training checkpoint (mapping and
-            rules: :mod:`ssl_zoo.weights.official`). Loading is strict about keys and
-            shapes. A mask token in the file initialises the iBOT mask token when the
-            method enables one.
-        init_from_key: ``teacher`` or ``student``: which network of a training
-            checkpoint to take (ignored for backbone-only files).
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``,
             ``patch_size``, ``depth``, ``drop_path_rate``, ``init_values`` for layer
             scale, ``dynamic_img_size``).
@@ -55,8 +50,6 @@ class Backbone(nn.Module):
         small_image_stem: bool = False,
         stem_max_pool: bool = True,
         drop_path_uniform: bool = False,
-        init_from: str | None = None,
-        init_from_key: str = "teacher",
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -67,26 +60,22 @@ class Backbone(nn.Module):
             raise ValueError(
                 f"backbone: timm could not create '{model_name}' with {model_kwargs}: {err}"
             ) from err
+        self.adapter = adapter_for(self.model)
         self.embed_dim: int = self.model.num_features
         self.num_prefix_tokens: int = getattr(self.model, "num_prefix_tokens", 0)
-        patch_embed = getattr(self.model, "patch_embed", None)
-        self.patch_size: int | None = None
-        if patch_embed is not None:
-            size = patch_embed.patch_size
-            self.patch_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.patch_size: int | None = self.adapter.patch_size(self.model)
         if small_image_stem or not stem_max_pool:
             _change_resnet_stem(self.model, model_name, stride_one=small_image_stem)
         if drop_path_uniform:
-            _make_drop_path_uniform(self.model, model_name, float(model_kwargs.get("drop_path_rate", 0.0)))
+            self._make_drop_path_uniform(float(model_kwargs.get("drop_path_rate", 0.0)))
         # bf16 on CPU: fp32 for the small-input convolutions oneDNN gets wrong (docs/precision.md).
         guard_small_input_convs(self.model)
+        # Layer decay: taken once the model is final (the parameter names do not change after).
+        self.num_layers = len(self.adapter.decay_blocks(self.model))
+        self._layer_ids = self.adapter.layer_ids(self.model)
         self.mask_token: nn.Parameter | None = None
         self._masks: torch.Tensor | None = None
         self._init_mask_token: torch.Tensor | None = None
-        if init_from:
-            from ssl_zoo.weights.official import load_backbone_weights
-
-            self._init_mask_token = load_backbone_weights(self, init_from, init_from_key)
 
     def enable_mask_token(self, method: str) -> None:
         """Add a learnable mask token for masked image modelling (iBOT, DINOv2)."""
@@ -101,6 +90,13 @@ class Backbone(nn.Module):
             if self._init_mask_token is not None:
                 self.set_mask_token(self._init_mask_token)
 
+    def init_mask_token(self, value: torch.Tensor) -> None:
+        """Pretrained mask-token values (1, 1, D) (``ssl_zoo.weights.initial``): copied
+        into the token now if it is enabled, else when ``enable_mask_token`` enables it."""
+        self._init_mask_token = value
+        if self.mask_token is not None:
+            self.set_mask_token(value)
+
     def set_mask_token(self, value: torch.Tensor) -> None:
         """Copy pretrained mask-token values (shape (1, 1, D)) into the enabled token."""
         if self.mask_token is None:
@@ -110,19 +106,45 @@ class Backbone(nn.Module):
         with torch.no_grad():
             self.mask_token.copy_(value.reshape(1, 1, -1))
 
+    def blocks(self) -> list[nn.Module]:
+        """The residual blocks in depth order (each with its own drop-path rate)."""
+        return self.adapter.blocks(self.model)
+
     def shard_units(self) -> list[nn.Module]:
-        """The repeated blocks FSDP2 shards one at a time (each all-gathered only while it
-        runs): a ViT's transformer blocks, a CNN's stages (``stages``, or ResNet's
-        ``layer1..4``). Empty when the timm model has neither."""
-        for name in ("blocks", "stages"):
-            units = getattr(self.model, name, None)
-            if isinstance(units, (nn.Sequential, nn.ModuleList)) and len(units) > 0:
-                return list(units)
-        return [layer for i in range(1, 5) if isinstance(layer := getattr(self.model, f"layer{i}", None), nn.Module)]
+        """What FSDP2 shards one at a time, each all-gathered only while it runs (a ViT's
+        blocks, a ResNet's stages: the family's adapter says). Empty for a model of no
+        known family."""
+        return self.adapter.shard_units(self.model)
+
+    def layer_id(self, name: str) -> int:
+        """The layer-decay depth of parameter ``name`` of this module (``model.*`` or
+        ``mask_token``): 0 for the embeddings and the mask token, i + 1 for block i,
+        ``num_layers + 1`` after the blocks (:mod:`ssl_zoo.models.adapters`)."""
+        if name == "mask_token":
+            return 0
+        return self._layer_ids[name.removeprefix("model.")]
+
+    def patch_grid(self, image_size: int) -> tuple[int, int] | None:
+        """Patch tokens per side (rows, columns) of a square ``image_size`` crop, None
+        without patch tokens (the iBOT mask grid)."""
+        if not self.has_patch_tokens:
+            return None
+        return image_size // self.patch_size, image_size // self.patch_size
 
     @property
     def has_patch_tokens(self) -> bool:
-        return self.patch_size is not None and hasattr(self.model, "blocks")
+        return self.patch_size is not None
+
+    def _make_drop_path_uniform(self, rate: float) -> None:
+        blocks = self.blocks()
+        if not blocks or not self.adapter.drop_path_attrs:
+            raise ValueError(
+                f"backbone.drop_path_uniform=true needs the residual blocks of the model, but '{self.model_name}' "
+                "is of no family ssl_zoo knows (ssl_zoo/models/adapters.py): set backbone.drop_path_uniform=false"
+            )
+        # timm builds a linear ramp (block 0 gets an Identity); give every block the same rate.
+        for block in blocks:
+            self.adapter.set_drop_path(block, rate)
 
     def _apply_mask_token(self, module: nn.Module, inputs: Any, tokens: torch.Tensor) -> torch.Tensor:
         masks = self._masks
@@ -158,16 +180,3 @@ def _change_resnet_stem(model: nn.Module, model_name: str, stride_one: bool) -> 
     if stride_one:
         first_conv.stride = (1, 1)
     model.maxpool = nn.Identity()
-
-
-def _make_drop_path_uniform(model: nn.Module, model_name: str, rate: float) -> None:
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or not all(hasattr(b, "drop_path1") and hasattr(b, "drop_path2") for b in blocks):
-        raise ValueError(
-            f"backbone.drop_path_uniform=true needs transformer blocks with drop_path1/2 "
-            f"(timm ViTs); '{model_name}' has none: set backbone.drop_path_uniform=false."
-        )
-    # timm builds a linear ramp (block 0 gets an Identity); give every block the same rate.
-    for block in blocks:
-        block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
-        block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()

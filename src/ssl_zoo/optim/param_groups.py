@@ -4,34 +4,21 @@ Every group carries multipliers that the per-step schedules apply
 (lr = lr_schedule(step) * lr_multiplier, weight decay = wd_schedule(step) * wd_multiplier):
 - no weight decay on biases, norms, layer-scale gammas and other 1-d tensors (DINO,
   following the common practice since Goyal et al. 2017);
-- layer-wise lr decay for ViT blocks (DINOv2 ``layerwise_decay``; BEiT, Bao et al. 2021):
-  block i of L gets decay ** (L + 1 - (i + 1)), embeddings decay ** (L + 1);
+- layer-wise lr decay (DINOv2 ``layerwise_decay``; BEiT, Bao et al. 2021): a parameter at
+  layer id d of L gets decay ** (L + 1 - d), e.g. block i (d = i + 1) decay ** (L - i) and
+  the embeddings (d = 0) decay ** (L + 1); the backbone gives the ids (its ``layer_id``);
 - an lr multiplier for the patch embedding (DINOv2 ``patch_embed_lr_mult`` 0.2);
 - the head's last layer flagged so it can be frozen for the first steps (DINO).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from ssl_zoo.parallel.collectives import full_norms, local_tensor
-
-_EMBEDDING_NAMES = ("pos_embed", "patch_embed", "cls_token", "reg_token", "mask_token", "register_tokens")
-_BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-
-
-def vit_layer_id(name: str, num_layers: int) -> int:
-    """0 for embeddings, i + 1 for block i, num_layers + 1 for anything after the blocks."""
-    if any(key in name for key in _EMBEDDING_NAMES):
-        return 0
-    match = _BLOCK_RE.search(name)
-    if match:
-        return int(match.group(1)) + 1
-    return num_layers + 1
 
 
 def build_param_groups(
@@ -46,11 +33,13 @@ def build_param_groups(
 
     ``layer_decay`` and ``patch_embed_lr_mult`` apply to names starting with
     ``backbone_prefix`` only; heads keep multiplier 1. ``layer_id`` maps a backbone
-    parameter name (without the prefix) to its depth for layer decay; by default
-    :func:`vit_layer_id`.
+    parameter name (without the prefix) to its depth in [0, num_layers + 1] for layer
+    decay (:meth:`ssl_zoo.models.backbones.Backbone.layer_id`); needed when layer_decay < 1.
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if layer_decay < 1.0 and layer_id is None:
+        raise ValueError("layer_decay < 1 needs layer_id, the backbone's depth of each parameter")
     if patch_embed_lr_mult < 0:
         raise ValueError(f"patch_embed_lr_mult must be >= 0, got {patch_embed_lr_mult}")
     groups: dict[tuple[float, float, bool], dict] = {}
@@ -60,9 +49,7 @@ def build_param_groups(
         lr_mult = 1.0
         if name.startswith(backbone_prefix):
             if layer_decay < 1.0:
-                local = name[len(backbone_prefix):]
-                depth = layer_id(local) if layer_id is not None else vit_layer_id(local, num_layers)
-                lr_mult *= layer_decay ** (num_layers + 1 - depth)
+                lr_mult *= layer_decay ** (num_layers + 1 - layer_id(name[len(backbone_prefix):]))
             if "patch_embed" in name:
                 lr_mult *= patch_embed_lr_mult
         no_decay = param.ndim < 2 or name.endswith(".bias") or "norm" in name or "gamma" in name

@@ -6,9 +6,10 @@
 shard i of a teacher parameter is shard i of the student's and the EMA runs on local
 tensors without communication (``ssl_zoo.models.ema``):
 
-- every backbone's blocks (ViT blocks, CNN stages), then each network of the student and
-  the teacher (backbone, heads), then the student-only modules (BYOL's predictor): each a
-  ``fully_shard`` unit, all-gathered while it runs and resharded after;
+- the units each network declares (:class:`ShardUnits`: a backbone's blocks or stages, as
+  its family's adapter says), then each network of the student and the teacher (backbone,
+  heads), then the student-only modules (BYOL's predictor): each a ``fully_shard`` unit,
+  all-gathered while it runs and resharded after;
 - mixed precision by FSDP2's ``MixedPrecisionPolicy`` (parameters cast for compute,
   gradients reduced in ``reduce_dtype``), not by autocast: keep ``trainer.precision``
   at 32-true and set ``trainer.strategy.param_dtype``;
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -89,11 +91,10 @@ class FSDP2Strategy(ModelParallelStrategy):
         single file (one process, DDP) loaded whole on every process and put into the
         shards. The file's optimizer state is keyed by position in the param groups, which
         Lightning would map to names in ``named_parameters`` order (another order than our
-        groups'): it is mapped here by the groups themselves."""
-        from ssl_zoo.weights.load import is_sharded_checkpoint, load_checkpoint
-
+        groups'): it is mapped here by the groups themselves. The file is read by the
+        trainer's CheckpointIO plugin (weights_only); train checked it before fit."""
         path = self.broadcast(checkpoint_path)
-        if is_sharded_checkpoint(path):
+        if Path(path).is_dir():
             return super().load_checkpoint(path, weights_only=weights_only)
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -101,7 +102,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             set_optimizer_state_dict,
         )
 
-        checkpoint = load_checkpoint(path)
+        checkpoint = self.checkpoint_io.load_checkpoint(path, weights_only=True)
         options = StateDictOptions(full_state_dict=True, strict=self.lightning_module.strict_loading)
         set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
         for optimizer, state in zip(self.optimizers, checkpoint.pop("optimizer_states", [])):
@@ -133,18 +134,25 @@ def named_optimizer_state(state: dict[str, Any], optimizer: torch.optim.Optimize
     }
 
 
+@runtime_checkable
+class ShardUnits(Protocol):
+    """A network that declares the submodules FSDP2 shards one at a time (a backbone)."""
+
+    def shard_units(self) -> list[nn.Module]: ...
+
+
 def check_shardable(strategy: Any, method: nn.Module) -> None:
     """ConfigError, before any process starts, if FSDP2 has nothing to shard block by block."""
-    from ssl_zoo.models.backbones import Backbone
-
     if not isinstance(strategy, FSDP2Strategy):
         return
     for module in method.student.values():
-        if isinstance(module, Backbone) and not module.shard_units():
+        if isinstance(module, ShardUnits) and not module.shard_units():
+            name = getattr(module, "model_name", type(module).__name__)
             raise ConfigError(
-                f"trainer.strategy is FSDP2 (trainer=fsdp / fsdp_cpu), but backbone.model_name={module.model_name} "
-                "has no blocks to shard one at a time (no ViT blocks, CNN stages or ResNet layer1-4): choose a "
-                "ViT or ResNet backbone, or train this one with DDP (trainer=ddp_cpu / trainer=gpu)"
+                f"trainer.strategy is FSDP2 (trainer=fsdp / fsdp_cpu), but backbone.model_name={name} "
+                "has no blocks to shard one at a time (its family declares none: ssl_zoo/models/adapters.py "
+                "knows ViT, Swin, ConvNeXt and ResNet): choose one of those, or train this one with DDP "
+                "(trainer=ddp_cpu / trainer=gpu)"
             )
 
 
@@ -152,8 +160,6 @@ def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
     """``fully_shard`` the method's networks with one policy (see the module docstring)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.nn.modules.batchnorm import _BatchNorm
-
-    from ssl_zoo.models.backbones import Backbone
 
     check_shardable(strategy, method)
     if strategy._layer_sync is not None:  # trainer.sync_batchnorm: Lightning applies it only under DDP
@@ -170,7 +176,7 @@ def shard_method(method: nn.Module, strategy: FSDP2Strategy) -> None:
                 fully_shard(layer, **{**kwargs, "mp_policy": policy})
     for network in networks:
         for module in network.values():
-            if isinstance(module, Backbone):
+            if isinstance(module, ShardUnits):
                 for unit in module.shard_units():
                     fully_shard(unit, **kwargs)
             fully_shard(module, **kwargs)

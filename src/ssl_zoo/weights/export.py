@@ -32,12 +32,13 @@ import torch
 from omegaconf import OmegaConf
 
 from ssl_zoo.errors import UserError
+from ssl_zoo.weights.initial import INIT_KEYS
 from ssl_zoo.weights.load import CheckpointError, backbone_state_dict, load_checkpoint, run_config
 from ssl_zoo.weights.official import to_official_head
 
-# Backbone arguments without effect on the exported weights' features (the model name is
+# Backbone settings without effect on the exported weights' features (the model name is
 # create_model's first argument; init_from only chose the starting weights).
-_NO_FEATURE_EFFECT = ("model_name", "init_from", "init_from_key")
+_NO_FEATURE_EFFECT = ("model_name", *INIT_KEYS)
 _HEADS = {"DINO": ("head",), "DINOv2": ("dino_head", "ibot_head")}
 
 
@@ -136,7 +137,7 @@ def _split_settings(backbone_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[
 
     params = inspect.signature(Backbone.__init__).parameters
     own = {name: p.default for name, p in params.items() if name != "self" and p.kind is not p.VAR_KEYWORD}
-    kwargs = {k: v for k, v in backbone_cfg.items() if k not in own and k != "_target_"}
+    kwargs = {k: v for k, v in backbone_cfg.items() if k not in own and k not in (*INIT_KEYS, "_target_")}
     changed = {k: v for k, v in backbone_cfg.items()
                if k in own and k not in _NO_FEATURE_EFFECT and v != own[k]}
     return kwargs, changed

@@ -224,12 +224,14 @@ def load_backbone(path: str | Path, which: str = "teacher"):
     """
     from hydra.utils import instantiate
 
+    from ssl_zoo.weights.initial import architecture_node
+
     checkpoint = load_checkpoint(path)
     cfg = run_config(path, checkpoint)
     state = backbone_state_dict(checkpoint, which, path)
     # The checkpoint's weights replace any backbone.init_from of the run (which need not
     # exist on this machine any more).
-    backbone = instantiate(cfg.backbone, init_from=None)
+    backbone = instantiate(architecture_node(cfg.backbone))
     if "mask_token" in state:
         backbone.enable_mask_token("checkpoint")
     missing, unexpected = backbone.load_state_dict(state, strict=False)
