@@ -107,18 +107,14 @@ def recipe(method: str):
 
 def fast_pipeline(transform_cfg, masking_cfg, root: Path):
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from ssl_zoo.data.collate import MultiCropCollate
-    from ssl_zoo.data.masking import BlockMaskGenerator
     from ssl_zoo.datasets.imagefolder import ImageFolder
 
     dataset = ImageFolder(root, transform=instantiate(transform_cfg))
     collate = MultiCropCollate()
     if masking_cfg is not None:
-        generator = BlockMaskGenerator(
-            224 // PATCH, **OmegaConf.to_container(masking_cfg.generator)
-        )
+        generator = instantiate(masking_cfg.generator, grid_size=224 // PATCH)
         collate = MultiCropCollate(
             generator, tuple(masking_cfg.ratio_min_max), masking_cfg.probability
         )
@@ -152,9 +148,10 @@ class PILSolarize:
 
 def straightforward_pipeline(cfg, masking_cfg, dataset):
     """The same recipe written the usual way (main_dino.py's DataAugmentationDINO)."""
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ssl_zoo.data.masking import BlockMaskGenerator, sample_masks
+    from ssl_zoo.data.masking import sample_masks
 
     c = OmegaConf.to_container(cfg, resolve=True)
     n_global, n_local = c["n_global"], c["n_local"]
@@ -195,9 +192,7 @@ def straightforward_pipeline(cfg, masking_cfg, dataset):
     local = view(c["local_size"], c["local_scale"], c["local_blur_p"], c["local_solarize_p"])
     generator = None
     if masking_cfg is not None:
-        generator = BlockMaskGenerator(
-            224 // PATCH, **OmegaConf.to_container(masking_cfg.generator)
-        )
+        generator = instantiate(masking_cfg.generator, grid_size=224 // PATCH)
 
     def sample(i):
         with open(dataset.path(i), "rb") as f:
