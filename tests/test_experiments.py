@@ -98,3 +98,19 @@ def test_every_default_that_leaves_the_paper_is_in_the_methods_table(config):
     assert deviating or config == "method/byol.yaml"
     missing = [key for key in deviating if f"`{prefix}{key}`" not in section]
     assert not missing, f"{config}: defaults marked as leaving the paper but not in docs/methods.md {heading}...: {missing}"
+
+
+# deepmind-research byol/configs/byol.py: the 300-epoch row of _LR_PRESETS, _WD_PRESETS and
+# _EMA_PRESETS (the paper's sec. 3.3 values, 0.2 / 1.5e-6 / 0.996, are its 1000-epoch row).
+BYOL_300_EPOCHS = {"base_lr": 0.3, "weight_decay": 1e-6, "momentum_teacher": 0.99}
+
+
+def test_byol_preset_uses_the_reference_300_epoch_hyper_parameters(tmp_path):
+    cfg = compose_config(["experiment=byol_r50_in1k"], tmp_path)
+    assert cfg.trainer.max_epochs == 300
+    schedule = cfg.optim.schedule
+    assert schedule.base_lr == pytest.approx(BYOL_300_EPOCHS["base_lr"])
+    assert schedule.lr_scaling == "linear_256"
+    assert schedule.weight_decay == schedule.weight_decay_end == pytest.approx(BYOL_300_EPOCHS["weight_decay"])
+    assert cfg.method.momentum_teacher == pytest.approx(BYOL_300_EPOCHS["momentum_teacher"])
+    assert cfg.optim.optimizer._target_.endswith("Lars")
