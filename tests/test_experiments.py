@@ -113,4 +113,6 @@ def test_byol_preset_uses_the_reference_300_epoch_hyper_parameters(tmp_path):
     assert schedule.lr_scaling == "linear_256"
     assert schedule.weight_decay == schedule.weight_decay_end == pytest.approx(BYOL_300_EPOCHS["weight_decay"])
     assert cfg.method.momentum_teacher == pytest.approx(BYOL_300_EPOCHS["momentum_teacher"])
-    assert cfg.optim.optimizer._target_.endswith("Lars")
+    assert cfg.optim.optimizer._target_ == "ssl_zoo.optim.lars.LARS"
+    assert cfg.optim.optimizer.trust_ratio == "byol"  # byol/utils/optimizers.py: eta |w| / |g + wd w|
+    assert (cfg.optim.optimizer.eta, cfg.optim.optimizer.momentum) == (1e-3, 0.9)

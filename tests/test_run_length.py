@@ -79,3 +79,27 @@ def test_schedules_are_sized_for_the_planned_run(compose_cfg):
     method.plan_run(plan_run_length(8, 1, None, 40, global_batch_size=32))
     assert (method.total_steps, method.steps_per_epoch, method.schedule.warmup_steps) == (40, 5, 5)
     assert torch.isfinite(torch.tensor(method.schedule.lr_at(39)))
+
+
+def test_epochs_counted_in_images_plan_byols_step_counts():
+    # byol.py: max_steps = 300 x 1,281,167 // 4096, warmup = 10 x 1,281,167 // 4096.
+    run = plan_run_length(312, 1, max_epochs=300, max_steps=-1, global_batch_size=4096,
+                          images_per_epoch=1_281_167, epochs_of_images=True)
+    assert (run.total_steps, run.steps_per_data_epoch) == (93_835, 312)
+    assert plan_run_length(312, 1, 300, -1, 4096, 1_281_167).total_steps == 93_600  # whole batches per pass
+    with pytest.raises(RunLengthError, match="93835 optimizer steps"):
+        plan_run_length(312, 1, max_epochs=300, max_steps=93_600, global_batch_size=4096,
+                        images_per_epoch=1_281_167, epochs_of_images=True)
+
+
+@pytest.mark.slow
+def test_epochs_counted_in_images_end_mid_pass(compose_cfg):
+    # 250 images at batch 32: 7 whole batches per pass, but 2 epochs of images = 500 // 32 = 15 steps.
+    overrides = [*TINY_RUN, "data.train_set.num_images=250", "trainer.max_epochs=2",
+                 "optim.schedule.iterations_per_epoch=images", "optim.schedule.warmup_epochs=1",
+                 "optim.schedule.warmup_rule=fraction"]
+    parts = build_all(compose_cfg(overrides))
+    method, trainer = parts["method"], parts["trainer"]
+    assert (method.total_steps, method.schedule.warmup_steps) == (15, 7)  # 250 // 32 = 7
+    trainer.fit(method, datamodule=parts["datamodule"])
+    assert trainer.global_step == 15

@@ -101,3 +101,21 @@ def test_schedule_validation():
         linear_warmup(0, -1, 0.04, 0.07)
     with pytest.raises(ValueError, match="step"):
         linear_warmup(-2, 3, 0.04, 0.07)
+
+
+def test_byol_warmup_rule_and_epochs_of_images_follow_the_reference():
+    from ssl_zoo.optim.schedules import Schedule
+    from tests.reference_schedules import byol_learning_rate
+
+    schedule = Schedule(base_lr=0.3, min_lr=0.0, warmup_epochs=10, weight_decay=1e-6, weight_decay_end=1e-6,
+                        iterations_per_epoch="images", warmup_rule="fraction")
+    schedule.plan(total_steps=93_835, steps_per_data_epoch=312, global_batch_size=4096, images_per_epoch=1_281_167)
+    assert (schedule.warmup_steps, schedule.steps_per_epoch) == (3_127, 312)
+    for step in (0, 1, 1000, 3_126, 3_127, 3_128, 50_000, 93_834):
+        expected = byol_learning_rate(step, 4096, 0.3, 93_835, 3_127)
+        assert schedule.lr_at(step) == pytest.approx(expected, rel=1e-12, abs=1e-15), step
+    # The DINO rule reaches the peak one step earlier: the two differ during the warm-up.
+    assert cosine_schedule(3_126, 93_835, 4.8, 0.0, warmup_steps=3_127) == 4.8
+    assert schedule.lr_at(3_126) < 4.8
+    with pytest.raises(ValueError, match="no known size"):
+        schedule.plan(total_steps=10, steps_per_data_epoch=1, global_batch_size=32, images_per_epoch=None)

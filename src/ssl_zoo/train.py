@@ -119,6 +119,7 @@ def build_backbone(cfg: DictConfig):
 def build_method(cfg: DictConfig, backbone=None):
     """The configured method around ``backbone`` (built from cfg.backbone if None), with
     the run's optimizer recipe (cfg.optim) injected."""
+    _check_target_init(cfg)
     backbone = build_backbone(cfg) if backbone is None else backbone
     method = build(cfg.method, "method", backbone=backbone, optim=build(cfg.optim, "optim"))
     if not isinstance(method, SSLMethod):  # train and the callbacks read its declared attributes
@@ -129,8 +130,18 @@ def build_method(cfg: DictConfig, backbone=None):
     return method
 
 
+def _check_target_init(cfg: DictConfig) -> None:
+    if cfg.method.get("target_init") == "independent" and cfg.backbone.get("init_from"):
+        raise ConfigError(
+            f"method.target_init=independent would give the target network fresh random weights, but "
+            f"backbone.init_from={cfg.backbone.init_from} initialises the online one from weights: "
+            "keep method.target_init=copy to start both from those weights"
+        )
+
+
 def build_all(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate and cross-check datamodule, method, callbacks, logger and trainer."""
+    _check_target_init(cfg)  # before the weights are read
     backbone = build_backbone(cfg)
     method = build_method(cfg, backbone)
     transform_cfg = cfg.augmentation.transform
@@ -153,7 +164,11 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     check_shardable(trainer.strategy, method)
     global_batch = check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
-    method.plan_run(plan_run(datamodule, trainer, global_batch))
+    method.plan_run(plan_run(datamodule, trainer, global_batch, epochs_of_images=method.schedule.epochs_of_images))
+    if method.schedule.epochs_of_images and trainer.max_epochs not in (None, -1):
+        # Epochs counted in images (BYOL) end mid-pass: Lightning stops on the step count.
+        trainer.fit_loop.epoch_loop.max_steps = method.total_steps
+        trainer.fit_loop.max_epochs = -1
     return {"method": method, "datamodule": datamodule, "trainer": trainer, "callbacks": callbacks}
 
 
@@ -175,7 +190,7 @@ def sync_batchnorm_on_any_device(trainer_cfg: DictConfig) -> DictConfig:
     return node
 
 
-def plan_run(datamodule, trainer: L.Trainer, global_batch_size: int) -> RunPlan:
+def plan_run(datamodule, trainer: L.Trainer, global_batch_size: int, epochs_of_images: bool = False) -> RunPlan:
     """The run plan (global batch, optimizer steps, steps per pass over the data), made
     once before training; a ConfigError when trainer.max_steps / max_epochs give no run
     or two different ones (the run would stop at the shorter and the schedules would not fit)."""
@@ -192,6 +207,7 @@ def plan_run(datamodule, trainer: L.Trainer, global_batch_size: int) -> RunPlan:
         return plan_run_length(
             batches, trainer.accumulate_grad_batches, trainer.max_epochs,
             trainer.max_steps, global_batch_size=global_batch_size,
+            images_per_epoch=datamodule.images_per_epoch(), epochs_of_images=epochs_of_images,
         )
     except RunLengthError as err:
         raise ConfigError(str(err)) from None

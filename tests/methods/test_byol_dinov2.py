@@ -167,6 +167,48 @@ def test_byol_step_is_symmetric_and_target_frozen(compose_cfg):
     torch.testing.assert_close(a, b)
 
 
+def _byol_loss_by_hand(method, views, per_view):
+    """BYOL's loss with each network applied once per view (the reference's apply_once_fn)
+    or once to both views together."""
+    from ssl_zoo.losses import byol_loss
+
+    chunks = views.chunk(2) if per_view else (views,)
+    online = lambda x: method.predictor(method.student["projector"](method.student["backbone"](x)["cls"]))  # noqa: E731
+    target = lambda x: method.teacher["projector"](method.teacher["backbone"](x)["cls"])  # noqa: E731
+    with torch.no_grad():
+        z1, z2 = torch.cat([target(x) for x in chunks]).chunk(2)
+        p1, p2 = torch.cat([online(x) for x in chunks]).chunk(2)
+    return byol_loss(p1, z2) + byol_loss(p2, z1)
+
+
+def test_byol_batchnorm_statistics_are_per_view_by_default(compose_cfg):
+    method, batch, _ = _method_and_batch(compose_cfg, TINY_BYOL)
+    assert method.batchnorm_per_view
+    views = batch["global_crops"]
+    loss, _ = method.compute_loss(batch, step=0)
+    torch.testing.assert_close(loss.detach(), _byol_loss_by_hand(method, views, per_view=True))
+    pooled = _byol_loss_by_hand(method, views, per_view=False)
+    assert (loss.detach() - pooled).abs() > 1e-4  # BatchNorm over both views is another objective
+    method.batchnorm_per_view = False
+    torch.testing.assert_close(method.compute_loss(batch, step=0)[0].detach(), pooled)
+
+
+def test_byol_heads_have_no_output_bias_and_target_init_is_a_choice(compose_cfg):
+    method, _, _ = _method_and_batch(compose_cfg, TINY_BYOL)
+    assert method.student["projector"].mlp[-1].bias is None and method.predictor.mlp[-1].bias is None
+    for t, s in zip(method.teacher.parameters(), method.student.parameters()):
+        assert torch.equal(t, s)  # target_init=copy
+    method, _, _ = _method_and_batch(compose_cfg, [*TINY_BYOL, "method.target_init=independent"])
+    pairs = list(zip(method.teacher.named_parameters(), method.student.parameters()))
+    differing = [name for (name, t), s in pairs if t.ndim > 1 and not torch.equal(t, s)]
+    assert len(differing) == sum(t.ndim > 1 for (_, t), _ in pairs)  # every weight drawn afresh
+    for (name, t), s in pairs:  # ... with the same initialisation scheme
+        if t.ndim > 1 and t.numel() > 500:
+            assert t.std().item() == pytest.approx(s.std().item(), rel=0.25), name
+    with pytest.raises(ConfigError, match=r"method\.target_init=independent.*backbone\.init_from"):
+        build_all(compose_cfg([*TINY_BYOL, "method.target_init=independent", "backbone.init_from=/x.pt"]))
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "lars"])
 def test_byol_optimizers(compose_cfg, optimizer):
     method, _, _ = _method_and_batch(compose_cfg, [*TINY_BYOL, f"optim/optimizer={optimizer}"])
@@ -186,6 +228,9 @@ def test_byol_optimizers(compose_cfg, optimizer):
         (["method=dinov2", *TINY_VIT, "method.separate_ibot_head=false", "method.ibot_out_dim=96"], r"method\.ibot_out_dim"),
         (["method=byol", "augmentation.transform.n_local=2"], r"augmentation\.transform\.n_local"),
         (["method=byol", "optim.grad_clip_mode=layerwise"], r"optim\.grad_clip_mode"),
+        (["method=byol", "method.target_init=random"], r"method\.target_init"),
+        (["method=byol", "optim.schedule.warmup_rule=cosine"], r"optim\.schedule\.warmup_rule"),
+        (["method=byol", "optim.schedule.iterations_per_epoch=imgs"], r"optim\.schedule\.iterations_per_epoch"),
         (["method=dinov2", *TINY_VIT, "optim.schedule.iterations_per_epoch=0"], r"optim\.schedule\.iterations_per_epoch"),
         (["method=dinov2", *TINY_VIT, "augmentation.masking=null"], r"augmentation\.masking is null.*ibot_weight=0"),
         (["method=dinov2", "backbone=resnet10t", "method.ibot_weight=0"], r"no patch tokens.*augmentation\.masking=null"),

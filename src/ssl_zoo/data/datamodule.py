@@ -148,6 +148,14 @@ class SSLDataModule(L.LightningDataModule):
                     f"(same class folders in data.knn_train_root and data.knn_val_root)"
                 )
 
+    def images_per_epoch(self) -> int | None:
+        """Training images per pass over the data (None for a stream of unknown length)."""
+        self.setup()
+        try:
+            return len(self.train_set)
+        except TypeError:
+            return None
+
     def batches_per_epoch(self, world_size: int) -> float:
         """Full training batches each of ``world_size`` processes draws per pass over the
         data (``inf`` for a stream of unknown length). Map-style: every rank reads

@@ -20,6 +20,22 @@ def make_teacher(student: nn.Module) -> nn.Module:
     return teacher
 
 
+@torch.no_grad()
+def reinitialize_(module: nn.Module) -> None:
+    """Draw fresh initial weights for ``module`` in place, with the scheme it was built
+    with: a submodule with its own ``init_weights`` (timm's ResNet and ViT) re-runs it;
+    any other leaf with ``reset_parameters`` (linear, conv, norm layers) re-runs that.
+    For BYOL's independently initialised target network (``method.target_init``)."""
+    init_weights = getattr(module, "init_weights", None)
+    if callable(init_weights):
+        init_weights()
+        return
+    if callable(getattr(module, "reset_parameters", None)):
+        module.reset_parameters()
+    for child in module.children():
+        reinitialize_(child)
+
+
 def set_teacher_mode(teacher: nn.Module) -> None:
     """Eval mode (no dropout, no drop path), except BatchNorm, which normalises with the
     statistics of the batch as in the reference DINO and BYOL code, where the teacher

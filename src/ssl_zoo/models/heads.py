@@ -17,11 +17,12 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int, use_bn: bool, act: type[nn.Module]) -> nn.Sequential:
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int, use_bn: bool, act: type[nn.Module],
+         output_bias: bool = True) -> nn.Sequential:
     if n_layers < 1:
         raise ValueError(f"head n_layers must be >= 1, got {n_layers}")
     if n_layers == 1:
-        return nn.Sequential(nn.Linear(in_dim, out_dim))
+        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=output_bias))
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(n_layers - 1):
@@ -30,7 +31,7 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int, use_bn: bool
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(act())
         dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
+    layers.append(nn.Linear(dim, out_dim, bias=output_bias))
     return nn.Sequential(*layers)
 
 
@@ -78,11 +79,14 @@ class DINOHead(nn.Module):
 
 class MLPHead(nn.Module):
     """BYOL projector / predictor: Linear(in, hidden) -> BN -> ReLU -> Linear(hidden, out).
-    Paper values: hidden 4096, out 256."""
+    Paper values: hidden 4096, out 256. ``output_bias=False`` drops the last layer's bias,
+    as BYOL's reference MLP does (deepmind-research byol/utils/networks.py: the second
+    ``hk.Linear`` has ``with_bias=False``)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, n_layers: int = 2) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, n_layers: int = 2,
+                 output_bias: bool = True) -> None:
         super().__init__()
-        self.mlp = _mlp(in_dim, hidden_dim, out_dim, n_layers, use_bn=True, act=nn.ReLU)
+        self.mlp = _mlp(in_dim, hidden_dim, out_dim, n_layers, use_bn=True, act=nn.ReLU, output_bias=output_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(features)

@@ -8,7 +8,7 @@ gradients are clipped, built once from Hydra and handed to the method.
       layer_decay: 1.0
       grad_clip: 3.0
 
-The optimizer is a ``_partial_``: any ``torch.optim`` class (or timm's ``Lars``) that
+The optimizer is a ``_partial_``: any ``torch.optim`` class (or ssl_zoo's ``LARS``) that
 takes parameter groups. Its lr and weight decay are not configured there: the schedule
 sets them on every group at every step (times the group's multipliers).
 """
@@ -76,7 +76,7 @@ class OptimRecipe:
         self.grad_clip_mode = grad_clip_mode
 
     def plan(self, run: RunPlan) -> None:
-        self.schedule.plan(run.total_steps, run.steps_per_data_epoch, run.global_batch_size)
+        self.schedule.plan(run.total_steps, run.steps_per_data_epoch, run.global_batch_size, run.images_per_epoch)
 
     def build(self, named_params: Iterable[tuple[str, nn.Parameter]], layer_id: Callable[[str], int] | None,
               num_layers: int, backbone_prefix: str) -> torch.optim.Optimizer:

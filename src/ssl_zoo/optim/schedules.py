@@ -16,6 +16,15 @@ Used for the learning rate, weight decay, teacher EMA momentum and teacher tempe
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+
+#: How a linear warm-up reaches its peak: ``linspace`` (DINO ``cosine_scheduler``, DINOv2
+#: ``CosineScheduler``: ``np.linspace`` with the endpoint) or ``fraction`` (BYOL,
+#: deepmind-research byol/utils/schedules.py ``learning_schedule``: ``step / warmup``).
+WARMUP_RULES = ("linspace", "fraction")
+
+#: ``Schedule.iterations_per_epoch`` value for BYOL's epochs, counted in images seen.
+EPOCHS_OF_IMAGES = "images"
 
 
 def _linspace_at(i: int, n: int, start: float, end: float) -> float:
@@ -35,12 +44,16 @@ def cosine_schedule(
     warmup_steps: int = 0,
     warmup_start: float = 0.0,
     freeze_steps: int = 0,
+    warmup_rule: str = "linspace",
 ) -> float:
     """Freeze, linear warm-up, then half-cosine from ``base`` to ``final``.
 
     Steps ``[0, freeze)`` give 0; steps ``[freeze, freeze + warmup)`` follow
-    ``np.linspace(warmup_start, base, warmup_steps)`` (the last warm-up step is already
-    ``base``); the ``n = total - freeze - warmup`` remaining steps give
+    ``np.linspace(warmup_start, base, warmup_steps)`` (``warmup_rule="linspace"``, DINO and
+    DINOv2: the last warm-up step is already ``base``) or ``warmup_start + (base -
+    warmup_start) * i / warmup_steps`` (``"fraction"``, BYOL's ``learning_schedule``: ``base``
+    is first reached by the cosine's first step); the ``n = total - freeze - warmup``
+    remaining steps give
     ``final + 0.5 (base - final) (1 + cos(pi i / n))`` for ``i = 0 .. n-1`` (so ``final``
     itself is reached only at ``step >= total_steps``, which returns ``final``).
 
@@ -69,12 +82,16 @@ def cosine_schedule(
         )
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
+    if warmup_rule not in WARMUP_RULES:
+        raise ValueError(f"warmup_rule must be one of {WARMUP_RULES}, got {warmup_rule!r}")
     if step >= total_steps:
         return final
     if step < freeze_steps:
         return 0.0
     step -= freeze_steps
     if step < warmup_steps:
+        if warmup_rule == "fraction":
+            return warmup_start + (base - warmup_start) * (step / warmup_steps)
         return _linspace_at(step, warmup_steps, warmup_start, base)
     step -= warmup_steps
     n_cosine = total_steps - freeze_steps - warmup_steps
@@ -130,7 +147,12 @@ class Schedule:
         freeze_last_layer_epochs: lr of the head's last layer is 0 for this long (DINO).
         iterations_per_epoch: what an "epoch" is for every length given in epochs here
             and in the method (teacher-temperature warm-up): ``null`` = one pass over the
-            data; DINOv2 counts 1250 iterations (``OFFICIAL_EPOCH_LENGTH``).
+            data in whole batches per process; an int (DINOv2 counts 1250 iterations,
+            ``OFFICIAL_EPOCH_LENGTH``); or ``images`` = training images / global batch,
+            fractional, as BYOL counts (``max_steps = epochs * N // batch``, warm-up
+            ``10 * N // batch``): then ``trainer.max_epochs`` is counted the same way.
+        warmup_rule: ``linspace`` (DINO, DINOv2) or ``fraction`` (BYOL), see
+            :func:`cosine_schedule`.
     """
 
     def __init__(
@@ -142,7 +164,8 @@ class Schedule:
         weight_decay: float = 0.04,
         weight_decay_end: float = 0.4,
         freeze_last_layer_epochs: float = 0.0,
-        iterations_per_epoch: int | None = None,
+        iterations_per_epoch: int | str | None = None,
+        warmup_rule: str = "linspace",
     ) -> None:
         _check("base_lr", base_lr > 0, base_lr, "> 0")
         _check("lr_scaling", lr_scaling in LR_SCALING, lr_scaling, f"one of {sorted(LR_SCALING)}")
@@ -153,10 +176,13 @@ class Schedule:
         _check("freeze_last_layer_epochs", freeze_last_layer_epochs >= 0, freeze_last_layer_epochs, ">= 0")
         _check(
             "iterations_per_epoch",
-            iterations_per_epoch is None or (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1),
+            iterations_per_epoch in (None, EPOCHS_OF_IMAGES)
+            or (isinstance(iterations_per_epoch, int) and not isinstance(iterations_per_epoch, bool)
+                and iterations_per_epoch >= 1),
             iterations_per_epoch,
-            "an int >= 1, or null for one pass over the data",
+            f"an int >= 1, null for one pass over the data, or {EPOCHS_OF_IMAGES!r} (images / global batch)",
         )
+        _check("warmup_rule", warmup_rule in WARMUP_RULES, warmup_rule, f"one of {WARMUP_RULES}")
         self.base_lr = base_lr
         self.lr_scaling = lr_scaling
         self.min_lr = min_lr
@@ -165,25 +191,45 @@ class Schedule:
         self.weight_decay_end = weight_decay_end
         self.freeze_last_layer_epochs = freeze_last_layer_epochs
         self.iterations_per_epoch = iterations_per_epoch
+        self.warmup_rule = warmup_rule
         self.planned = False
-        self.plan(total_steps=1, steps_per_data_epoch=1, global_batch_size=256)
+        self.plan(total_steps=1, steps_per_data_epoch=1, global_batch_size=256, images_per_epoch=256)
         self.planned = False
 
-    def plan(self, total_steps: int, steps_per_data_epoch: int, global_batch_size: int) -> None:
+    @property
+    def epochs_of_images(self) -> bool:
+        """True when an epoch is counted in images (``iterations_per_epoch: images``)."""
+        return self.iterations_per_epoch == EPOCHS_OF_IMAGES
+
+    def plan(self, total_steps: int, steps_per_data_epoch: int, global_batch_size: int,
+             images_per_epoch: int | None = None) -> None:
         """Size the schedule for a run of ``total_steps`` optimizer steps with
-        ``steps_per_data_epoch`` steps per pass over the data and this global batch."""
+        ``steps_per_data_epoch`` steps per pass over the data, this global batch and
+        ``images_per_epoch`` training images (needed by ``iterations_per_epoch: images``)."""
         self.total_steps = max(int(total_steps), 1)
-        self.steps_per_epoch = max(int(self.iterations_per_epoch or steps_per_data_epoch), 1)
+        if self.epochs_of_images:
+            if not images_per_epoch:
+                raise ValueError(
+                    "optim.schedule.iterations_per_epoch=images counts epochs in images, but the "
+                    "training set has no known size: give the data its length or set an int"
+                )
+            self.epoch_steps = Fraction(int(images_per_epoch), int(global_batch_size))
+        else:
+            self.epoch_steps = Fraction(max(int(self.iterations_per_epoch or steps_per_data_epoch), 1))
+        self.steps_per_epoch = max(math.floor(self.epoch_steps), 1)
         self.peak_lr = self.base_lr * LR_SCALING[self.lr_scaling](global_batch_size)
         self.warmup_steps = min(self.epochs_to_steps(self.warmup_epochs), self.total_steps)
         self.freeze_last_layer_steps = min(self.epochs_to_steps(self.freeze_last_layer_epochs), self.total_steps)
         self.planned = True
 
     def epochs_to_steps(self, epochs: float) -> int:
+        if self.epochs_of_images:  # BYOL: 10 * N // batch, an exact integer floor
+            return math.floor(Fraction(epochs) * self.epoch_steps)
         return int(math.ceil(epochs * self.steps_per_epoch))
 
     def lr_at(self, step: int) -> float:
-        return cosine_schedule(step, self.total_steps, self.peak_lr, self.min_lr, warmup_steps=self.warmup_steps)
+        return cosine_schedule(step, self.total_steps, self.peak_lr, self.min_lr, warmup_steps=self.warmup_steps,
+                               warmup_rule=self.warmup_rule)
 
     def wd_at(self, step: int) -> float:
         return cosine_schedule(step, self.total_steps, self.weight_decay, self.weight_decay_end)
