@@ -184,7 +184,15 @@ def _ddp_worker(rank: int, world_size: int, port: int, logits: torch.Tensor, out
         sk = sinkhorn_knopp(local, 0.05)
         centering = SoftmaxCentering(logits.shape[-1], momentum=0.5)
         centering.update(local)
-        torch.save({"sk": sk, "center": centering.center}, f"{out_dir}/rank{rank}.pt")
+        # Uneven rows (masked patches): rank 0 holds 3, rank 1 holds 9.
+        uneven = logits[:3] if rank == 0 else logits[3:]
+        centers = {}
+        for reduction in ("global_mean", "mean_of_process_means"):
+            patch_center = SoftmaxCentering(logits.shape[-1], momentum=0.5, reduction=reduction)
+            patch_center.update(uneven)
+            patch_center.update(logits[:0] if rank == 0 else logits[5:])  # rank 0 without masked patches
+            centers[reduction] = patch_center.center
+        torch.save({"sk": sk, "center": centering.center, **centers}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -202,3 +210,14 @@ def test_targets_ddp_match_single_process(tmp_path):
     single.update(logits)
     for r in results:
         assert_close(r["center"], single.center)
+    # The iBOT patch center (dinov2 ibot_patch_loss.py): each process's mean, then the mean
+    # over processes; a process without rows adds nothing. global_mean: over all rows.
+    first = 0.5 * (0.5 * logits[:3].mean(0) + 0.5 * logits[3:].mean(0))
+    expected = {
+        "mean_of_process_means": 0.5 * first + 0.5 * logits[5:].mean(0),
+        "global_mean": 0.5 * (0.5 * logits.mean(0)) + 0.5 * logits[5:].mean(0),
+    }
+    for reduction, center in expected.items():
+        for r in results:
+            assert_close(r[reduction], center.unsqueeze(0))
+    assert not torch.allclose(expected["global_mean"], expected["mean_of_process_means"])

@@ -229,6 +229,7 @@ def test_byol_optimizers(compose_cfg, optimizer):
         (["method=byol", "augmentation.transform.n_local=2"], r"augmentation\.transform\.n_local"),
         (["method=byol", "optim.grad_clip_mode=layerwise"], r"optim\.grad_clip_mode"),
         (["method=byol", "method.target_init=random"], r"method\.target_init"),
+        (["method=dinov2", *TINY_VIT, "method.patch_center_reduction=median"], r"method\.patch_center_reduction"),
         (["method=byol", "optim.schedule.warmup_rule=cosine"], r"optim\.schedule\.warmup_rule"),
         (["method=byol", "optim.schedule.iterations_per_epoch=imgs"], r"optim\.schedule\.iterations_per_epoch"),
         (["method=dinov2", *TINY_VIT, "optim.schedule.iterations_per_epoch=0"], r"optim\.schedule\.iterations_per_epoch"),

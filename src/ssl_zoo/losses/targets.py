@@ -23,6 +23,9 @@ from ssl_zoo.parallel import collectives
 TARGET_KINDS = ("centering", "sinkhorn_knopp")
 
 
+CENTER_REDUCTIONS = ("global_mean", "mean_of_process_means")
+
+
 def _check_temperature(temperature: float, name: str = "temperature") -> None:
     if not temperature > 0:
         raise ValueError(f"{name} must be > 0, got {temperature}")
@@ -104,18 +107,27 @@ class SoftmaxCentering(nn.Module):
 
     center: Tensor
 
-    def __init__(self, out_dim: int, momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, momentum: float = 0.9, reduction: str = "global_mean") -> None:
         """
         Args:
             out_dim: number of prototypes K.
             momentum: EMA momentum m in [0, 1] (DINO/DINOv2 default 0.9).
+            reduction: how the batch mean is taken across processes: ``global_mean`` (over
+                every row of every process; DINO and DINOv2's CLS center) or
+                ``mean_of_process_means`` (each process's mean over its rows, then the
+                mean over processes: DINOv2's iBOT patch center, ibot_patch_loss.py
+                ``reduce_center_update`` / ``apply_center_update``). They agree on one
+                process and whenever every process holds as many rows.
         """
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1, got {out_dim}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if reduction not in CENTER_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {CENTER_REDUCTIONS}, got {reduction!r}")
         self.momentum = momentum
+        self.reduction = reduction
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     @torch.no_grad()
@@ -140,9 +152,15 @@ class SoftmaxCentering(nn.Module):
             )
         with torch.autocast(device_type=teacher_logits.device.type, enabled=False):
             flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-            # Sum and count, not a per-process mean: processes may hold different numbers of
-            # rows (masked patches), even none, and the center is the mean over all of them.
-            totals = torch.cat((flat.sum(dim=0), flat.new_tensor([flat.shape[0]])))
+            if self.reduction == "global_mean":
+                # Sum and count, not a per-process mean: processes may hold different numbers
+                # of rows (masked patches), even none, and the center is the mean over all.
+                totals = torch.cat((flat.sum(dim=0), flat.new_tensor([flat.shape[0]])))
+            else:
+                # This process's mean, counted as one; a process without rows adds nothing.
+                has_rows = flat.shape[0] > 0
+                local_mean = flat.mean(dim=0) if has_rows else flat.new_zeros(flat.shape[-1])
+                totals = torch.cat((local_mean, flat.new_tensor([float(has_rows)])))
             totals = collectives.all_reduce_sum(totals)
             # No rows anywhere, or a non-finite teacher output (an overflow that the
             # non-finite guard skips): the center stays as it is, uncorrupted.
@@ -152,7 +170,7 @@ class SoftmaxCentering(nn.Module):
             self.center.mul_(self.momentum).add_(batch_center, alpha=1.0 - self.momentum)
 
     def extra_repr(self) -> str:
-        return f"out_dim={self.center.shape[-1]}, momentum={self.momentum}"
+        return f"out_dim={self.center.shape[-1]}, momentum={self.momentum}, reduction={self.reduction}"
 
 
 class SinkhornKnoppTargets(nn.Module):
@@ -181,7 +199,7 @@ class SinkhornKnoppTargets(nn.Module):
 
 
 def build_teacher_targets(
-    kind: str, out_dim: int, center_momentum: float = 0.9, n_iterations: int = 3
+    kind: str, out_dim: int, center_momentum: float = 0.9, n_iterations: int = 3, center_reduction: str = "global_mean"
 ) -> SoftmaxCentering | SinkhornKnoppTargets:
     """Teacher-target strategy by name.
 
@@ -190,9 +208,10 @@ def build_teacher_targets(
         out_dim: number of prototypes K (used by centering).
         center_momentum: EMA momentum of the center (centering only).
         n_iterations: Sinkhorn-Knopp rounds (sinkhorn_knopp only).
+        center_reduction: see :class:`SoftmaxCentering` (centering only).
     """
     if kind == "centering":
-        return SoftmaxCentering(out_dim, momentum=center_momentum)
+        return SoftmaxCentering(out_dim, momentum=center_momentum, reduction=center_reduction)
     if kind == "sinkhorn_knopp":
         return SinkhornKnoppTargets(n_iterations=n_iterations)
     raise ValueError(f"kind must be one of {TARGET_KINDS}, got {kind!r}")

@@ -84,10 +84,10 @@ class DINOFamily(SSLMethod):
                 backbone.set_mask_token(mask_token)
         return nn.ModuleDict({"backbone": backbone, **heads})
 
-    def new_targets(self, out_dim: int) -> SoftmaxCentering | SinkhornKnoppTargets:
+    def new_targets(self, out_dim: int, center_reduction: str = "global_mean") -> SoftmaxCentering | SinkhornKnoppTargets:
         """The configured teacher-target strategy for a head of ``out_dim`` prototypes (one
         per head: a center is a head's own)."""
-        return build_teacher_targets(out_dim=out_dim, **self.target_args)
+        return build_teacher_targets(out_dim=out_dim, center_reduction=center_reduction, **self.target_args)
 
     def check_views(self, n_global: int, n_local: int) -> None:
         if n_global != self.n_global_views:

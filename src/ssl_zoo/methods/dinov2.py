@@ -35,6 +35,10 @@ class DINOv2(DINOFamily):
             warmup_teacher_temp_epochs: 0.07 / 0.04 / 30, warmed up per iteration.
         teacher_targets: ``centering`` (the reference default) or ``sinkhorn_knopp``.
         center_momentum: 0.9; sinkhorn_iterations: 3.
+        patch_center_reduction: across processes, the iBOT patch center's batch mean is
+            ``mean_of_process_means`` (the reference: each GPU's mean over its masked
+            patches, then the mean over GPUs) or ``global_mean`` (over all masked patches);
+            the same on one process.
         dino_weight, ibot_weight, koleo_weight: 1.0, 1.0, 0.1.
         head_init_from: initial head weights: an official DINOv2 ``dino_head`` /
             ``ibot_head`` (teacher's by default), a DINO head, or an ``ssl-zoo export ...
@@ -68,6 +72,7 @@ class DINOv2(DINOFamily):
         teacher_targets: str = "centering",
         center_momentum: float = 0.9,
         sinkhorn_iterations: int = 3,
+        patch_center_reduction: str = "mean_of_process_means",
         dino_weight: float = 1.0,
         ibot_weight: float = 1.0,
         koleo_weight: float = 0.1,
@@ -99,7 +104,10 @@ class DINOv2(DINOFamily):
         self.head_out_dims = {"dino_head": out_dim, **({"ibot_head": ibot_out_dim} if separate_ibot_head else {})}
         self.init_networks(backbone)
         self.cls_targets = self.new_targets(out_dim)
-        self.patch_targets = self.new_targets(ibot_out_dim)
+        try:
+            self.patch_targets = self.new_targets(ibot_out_dim, center_reduction=patch_center_reduction)
+        except ValueError as err:
+            raise ValueError(f"method.patch_center_reduction: {err}") from None
 
     def build_student(self, backbone: Backbone) -> nn.ModuleDict:
         if self.uses_masks:
