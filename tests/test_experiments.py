@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf, open_dict
 
 from ssl_zoo.config import CONFIG_DIR
@@ -116,3 +117,27 @@ def test_byol_preset_uses_the_reference_300_epoch_hyper_parameters(tmp_path):
     assert cfg.optim.optimizer._target_ == "ssl_zoo.optim.lars.LARS"
     assert cfg.optim.optimizer.trust_ratio == "byol"  # byol/utils/optimizers.py: eta |w| / |g + wd w|
     assert (cfg.optim.optimizer.eta, cfg.optim.optimizer.momentum) == (1e-3, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference_batch", "scaled"),
+    [("byol_r50_in1k", 4096, "x 64/256"), ("dinov2_vitl16_in1k", 2048, "x sqrt(64/1024)"),
+     ("dino_vits16_in1k", 512, "x 64/256")],
+)
+def test_a_preset_states_its_effective_batch_and_lr_when_it_differs(tmp_path, name, reference_batch, scaled):
+    from ssl_zoo.train import build_backbone, build_method, reference_notices
+
+    cfg = compose_config([f"experiment={name}", "data.batch_size=64"], tmp_path)
+    with torch.device("meta"):
+        method = build_method(cfg, build_backbone(cfg))
+    notices = reference_notices(cfg, method, 64, devices=1, nodes=1)
+    batch_notice = next(n for n in notices if "global batch" in n)
+    assert "global batch 64 " in batch_notice and f"the reference's is {reference_batch}" in batch_notice
+    peak = method.schedule.base_lr * (64 / 256 if "256" in scaled else (64 / 1024) ** 0.5)
+    reference_peak = method.schedule.base_lr * (
+        reference_batch / 256 if "256" in scaled else (reference_batch / 1024) ** 0.5)
+    assert f"{scaled} (lr_scaling=" in batch_notice and f"= {peak:.3g};" in batch_notice
+    assert f"would be {reference_peak:.3g}" in batch_notice
+    at_reference = reference_notices(cfg, method, reference_batch, devices=8, nodes=1)
+    assert not any("global batch" in n for n in at_reference)
+    assert all(cfg.reference.precision in n for n in at_reference)  # only a precision notice, if any

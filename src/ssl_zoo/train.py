@@ -35,6 +35,7 @@ from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
 from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.optim.run_plan import RunLengthError, RunPlan, plan_run_length
+from ssl_zoo.optim.schedules import describe_lr_scaling
 from ssl_zoo.parallel.cluster import check_launch
 from ssl_zoo.parallel.fsdp import check_shardable
 from ssl_zoo.parallel.precision import check_precision
@@ -165,11 +166,38 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     global_batch = check_batch_sizes(datamodule, trainer)
     datamodule.setup("fit")  # data errors (missing root, empty set) surface before training
     method.plan_run(plan_run(datamodule, trainer, global_batch, epochs_of_images=method.schedule.epochs_of_images))
+    for notice in reference_notices(cfg, method, global_batch, trainer.num_devices, trainer.num_nodes):
+        say(notice)
     if method.schedule.epochs_of_images and trainer.max_epochs not in (None, -1):
         # Epochs counted in images (BYOL) end mid-pass: Lightning stops on the step count.
         trainer.fit_loop.epoch_loop.max_steps = method.total_steps
         trainer.fit_loop.max_epochs = -1
     return {"method": method, "datamodule": datamodule, "trainer": trainer, "callbacks": callbacks}
+
+
+def reference_notices(cfg: DictConfig, method: SSLMethod, global_batch: int, devices: int, nodes: int) -> list[str]:
+    """What a paper preset's run does differently from its reference run (``cfg.reference``):
+    the global batch, with the lr it scales to, and the precision. Said once at start."""
+    reference = cfg.get("reference")
+    if not reference:
+        return []
+    notices = []
+    expected = int(reference.global_batch_size)
+    if global_batch != expected:
+        notices.append(
+            f"experiment={reference.name}: global batch {global_batch} (data.batch_size {cfg.data.batch_size} x "
+            f"{devices} device(s) x {nodes} node(s) x {cfg.trainer.get('accumulate_grad_batches', 1)} "
+            f"accumulated), the reference's is {expected} "
+            f"({reference.layout}). Peak lr: {describe_lr_scaling(method.schedule, global_batch)}; at {expected} it "
+            f"would be {describe_lr_scaling(method.schedule, expected).rsplit(' = ', 1)[1]}. To train the reference "
+            "recipe, set data.batch_size, trainer.devices and trainer.num_nodes so that their product is "
+            f"{expected}"
+        )
+    precision, reference_precision = str(cfg.trainer.get("precision")), str(reference.get("precision"))
+    if reference.get("precision") and precision != reference_precision:
+        notices.append(f"experiment={reference.name}: trainer.precision={precision}, the reference trains in "
+                       f"{reference_precision}")
+    return notices
 
 
 def sync_batchnorm_on_any_device(trainer_cfg: DictConfig) -> DictConfig:

@@ -236,3 +236,11 @@ class Schedule:
 
     def last_layer_lr_at(self, step: int) -> float:
         return 0.0 if step < self.freeze_last_layer_steps else self.lr_at(step)
+
+
+def describe_lr_scaling(schedule: Schedule, global_batch_size: int) -> str:
+    """``base_lr 4e-03 x sqrt(64/1024) = 1e-03`` for the run's notices."""
+    factor = {"linear_256": f"{global_batch_size}/256", "sqrt_1024": f"sqrt({global_batch_size}/1024)",
+              "none": "1"}[schedule.lr_scaling]
+    peak = schedule.base_lr * LR_SCALING[schedule.lr_scaling](global_batch_size)
+    return f"optim.schedule.base_lr {schedule.base_lr:.3g} x {factor} (lr_scaling={schedule.lr_scaling}) = {peak:.3g}"
