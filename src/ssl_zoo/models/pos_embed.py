@@ -28,7 +28,6 @@ built model is switched to); patch embedding, tokens, blocks and norm stay timm'
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +61,6 @@ class OfficialPosEmbedViT(VisionTransformer):
     """timm's VisionTransformer whose position step follows DINO / DINOv2 (module
     docstring). Only ``_pos_embed`` differs; state dict and parameters are timm's."""
 
-    _image_hw: tuple[int, int] | None = None
-
     @property
     def pos_embed_rule(self) -> tuple[float, bool]:
         """(interpolate_offset, interpolate_antialias) of the official model of this layout."""
@@ -92,16 +89,13 @@ class OfficialPosEmbedViT(VisionTransformer):
             raise ValueError(f"{length} positions: not a square grid of patch positions after the prefix tokens")
         self.pos_embed = nn.Parameter(self.pos_embed.detach().new_zeros(1, length, self.pos_embed.shape[-1]))
 
-    def _note_image_size(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        # The official early-out compares image sides in pixels, which the patch grid no longer holds.
-        self._image_hw = tuple(inputs[0].shape[-2:])
-
     def positions_for(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """``pos_embed`` for an h x w patch grid (prefix positions unchanged)."""
         stored = self.stored_grid()
-        image = self._image_hw
-        # official: `if npatch == N and w == h: return self.pos_embed` (its grids are square)
-        if grid == stored and (stored[0] != stored[1] or image is None or image[0] == image[1]):
+        # official: `if npatch == N and w == h: return self.pos_embed` (w, h in pixels); the
+        # same as grid == stored for images whose sides are multiples of the patch, which
+        # timm's patch embedding requires.
+        if grid == stored:
             return self.pos_embed
         n_prefix = 0 if self.no_embed_class else self.num_prefix_tokens
         pos = self.pos_embed.float()
@@ -139,4 +133,3 @@ def use_official_pos_embed(model: nn.Module, model_name: str) -> None:
             f"but '{model_name}' is a {type(model).__name__}: set backbone.pos_embed_interpolation=timm"
         )
     model.__class__ = OfficialPosEmbedViT
-    model.patch_embed.register_forward_pre_hook(model._note_image_size)
