@@ -10,7 +10,7 @@
   bicubically to the crop's h x w patches with ``scale_factor=((h + 0.1) / M, (w + 0.1) / M)``
   and no antialiasing, in float32. torch maps output pixels to input coordinates with the
   given scale factor, so the 0.1 offset changes the values, not only the rounding: a
-  smooth 14x14 field resampled to 6x6 differs by ~7% (relative L2) from timm's rule. No
+  smooth 14x14 field resampled to 6x6 differs by 7-8% (relative L2) from timm's rule. No
   resampling when the crop is square and has as many patches as the stored grid. ViTs
   with registers follow DINOv2's register releases instead (``hub/backbones.py:107-108``,
   ``configs/eval/*_reg4_pretrain.yaml``: ``interpolate_offset=0``,
