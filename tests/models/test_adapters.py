@@ -128,7 +128,8 @@ def test_swin_blocks_run_through_its_stages():
 
 
 def test_the_family_comes_from_the_class_not_the_name():
-    vit = Backbone("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4, depth=2)  # a VisionTransformer subclass
+    # A VisionTransformer subclass (its own position step: timm's interpolation only).
+    vit = Backbone("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4, depth=2, pos_embed_interpolation="timm")
     assert vit.adapter.family == "vit" and len(vit.blocks()) == 2
     other = Backbone("regnetx_002")  # has stages, but no adapter declares them
     assert type(other.adapter) is BackboneAdapter and adapter_for(other.model).family == "other"

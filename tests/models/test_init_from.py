@@ -11,7 +11,6 @@ following the official block structure.
 from __future__ import annotations
 
 import argparse
-import math
 import pickle
 
 import pytest
@@ -23,6 +22,8 @@ from ssl_zoo.methods.dinov2 import DINOv2
 from ssl_zoo.models.backbones import Backbone
 from ssl_zoo.weights.initial import load_initial_weights
 from ssl_zoo.weights.official import InitFromError
+from tests.reference import official_vit_forward
+from tests.reference import official_vit_state as official_vit
 
 TOL = 1e-5
 
@@ -42,41 +43,6 @@ def _seed():
 # --- official-layout state dicts ---------------------------------------------------------
 
 
-def official_vit(width=384, depth=2, patch=16, grid=14, layer_scale=False, n_reg=0, mask_token=False,
-                 swiglu_hidden=0, seed=0) -> dict[str, torch.Tensor]:
-    """Keys and shapes of dino VisionTransformer / dinov2 DinoVisionTransformer."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=0.02):
-        return torch.randn(*shape, generator=g) * scale
-
-    sd = {"cls_token": rnd(1, 1, width, scale=0.5), "pos_embed": rnd(1, grid * grid + 1, width, scale=0.5)}
-    if n_reg:
-        sd["register_tokens"] = rnd(1, n_reg, width, scale=0.5)
-    if mask_token:
-        sd["mask_token"] = rnd(1, width)
-    sd["patch_embed.proj.weight"] = rnd(width, 3, patch, patch)
-    sd["patch_embed.proj.bias"] = rnd(width)
-    for i in range(depth):
-        p = f"blocks.{i}."
-        sd[p + "norm1.weight"], sd[p + "norm1.bias"] = 1 + rnd(width, scale=0.1), rnd(width, scale=0.1)
-        sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"] = rnd(3 * width, width, scale=0.05), rnd(3 * width)
-        sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"] = rnd(width, width, scale=0.05), rnd(width)
-        if layer_scale:
-            sd[p + "ls1.gamma"] = 1 + rnd(width, scale=0.3)
-        sd[p + "norm2.weight"], sd[p + "norm2.bias"] = 1 + rnd(width, scale=0.1), rnd(width, scale=0.1)
-        if swiglu_hidden:
-            sd[p + "mlp.w12.weight"], sd[p + "mlp.w12.bias"] = rnd(2 * swiglu_hidden, width, scale=0.05), rnd(2 * swiglu_hidden)
-            sd[p + "mlp.w3.weight"], sd[p + "mlp.w3.bias"] = rnd(width, swiglu_hidden, scale=0.05), rnd(width)
-        else:
-            sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"] = rnd(4 * width, width, scale=0.05), rnd(4 * width)
-            sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"] = rnd(width, 4 * width, scale=0.05), rnd(width)
-        if layer_scale:
-            sd[p + "ls2.gamma"] = 1 + rnd(width, scale=0.3)
-    sd["norm.weight"], sd["norm.bias"] = 1 + rnd(width, scale=0.1), rnd(width, scale=0.1)
-    return sd
-
-
 def official_head(in_dim, out_dim=128, hidden=256, bottleneck=64, seed=1) -> dict[str, torch.Tensor]:
     """DINOHead (3 layers, no BatchNorm): mlp.0/2/4 Linear, weight-normalised last_layer."""
     g = torch.Generator().manual_seed(seed)
@@ -94,42 +60,8 @@ def official_head(in_dim, out_dim=128, hidden=256, bottleneck=64, seed=1) -> dic
 
 
 def reference_vit(sd, images, patch, heads, offset=0.1, antialias=False) -> torch.Tensor:
-    """CLS feature: patch conv, cls (+ registers) + interpolated positions, pre-norm blocks
-    (qkv attention, layer scale, MLP or SwiGLU), final norm."""
-    batch = images.shape[0]
-    width = sd["cls_token"].shape[-1]
-    x = F.conv2d(images, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
-    h, w = x.shape[-2:]
-    x = torch.cat([sd["cls_token"].expand(batch, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
-    cls_pos, patch_pos = sd["pos_embed"][:, :1], sd["pos_embed"][:, 1:]
-    side = math.isqrt(patch_pos.shape[1])
-    if (side, side) != (h, w):
-        grid = patch_pos.reshape(1, side, side, width).permute(0, 3, 1, 2)
-        size = {"scale_factor": ((h + offset) / side, (w + offset) / side)} if offset else {"size": (h, w)}
-        grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **size)
-        patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, width)
-    x = x + torch.cat([cls_pos, patch_pos], dim=1)
-    if "register_tokens" in sd:
-        x = torch.cat([x[:, :1], sd["register_tokens"].expand(batch, -1, -1), x[:, 1:]], dim=1)
-    n = x.shape[1]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    for i in range(depth):
-        p = f"blocks.{i}."
-        y = F.layer_norm(x, (width,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
-        qkv = F.linear(y, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
-        q, k, v = qkv.reshape(batch, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        attn = ((q * (width // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        y = F.linear((attn @ v).transpose(1, 2).reshape(batch, n, width), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
-        x = x + (y * sd[p + "ls1.gamma"] if p + "ls1.gamma" in sd else y)
-        y = F.layer_norm(x, (width,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
-        if p + "mlp.w12.weight" in sd:
-            x1, x2 = F.linear(y, sd[p + "mlp.w12.weight"], sd[p + "mlp.w12.bias"]).chunk(2, dim=-1)
-            y = F.linear(F.silu(x1) * x2, sd[p + "mlp.w3.weight"], sd[p + "mlp.w3.bias"])
-        else:
-            y = F.linear(F.gelu(F.linear(y, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
-                         sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
-        x = x + (y * sd[p + "ls2.gamma"] if p + "ls2.gamma" in sd else y)
-    return F.layer_norm(x, (width,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)[:, 0]
+    """The official CLS feature (tests/reference.py)."""
+    return official_vit_forward(sd, images, patch, heads, offset, antialias)["cls"]
 
 
 def reference_head(sd, x) -> torch.Tensor:

@@ -6,7 +6,9 @@
 - ``patch``: (B, N, D) patch tokens for ViTs, ``None`` for CNNs.
 
 ViTs are created with ``dynamic_img_size=True`` so that global and local crops of
-different resolutions pass through the same weights (position embeddings interpolated).
+different resolutions pass through the same weights (position embeddings interpolated by
+DINO / DINOv2's rule or timm's: :mod:`ssl_zoo.models.pos_embed`). Stochastic depth is
+per sample or DINOv2's batch subset (:mod:`ssl_zoo.models.stochastic_depth`).
 iBOT/DINOv2 masking is a forward hook on the ViT's patch embedding that swaps masked
 patch embeddings for a learnable mask token: the timm forward stays untouched.
 What ssl_zoo knows of the model's layout (blocks for drop path, FSDP2 units and layer
@@ -23,6 +25,10 @@ from torch import nn
 
 from ssl_zoo.models.adapters import adapter_for
 from ssl_zoo.models.conv_precision import guard_small_input_convs
+from ssl_zoo.models.pos_embed import MODES as POS_EMBED_MODES
+from ssl_zoo.models.pos_embed import OfficialPosEmbedViT, use_official_pos_embed
+from ssl_zoo.models.stochastic_depth import MODES as DROP_PATH_MODES
+from ssl_zoo.models.stochastic_depth import use_subset_drop_path
 
 
 class Backbone(nn.Module):
@@ -39,6 +45,11 @@ class Backbone(nn.Module):
         drop_path_uniform: every residual block (the adapter's ``blocks``) gets ``drop_path_rate`` (DINOv2's
             ``drop_path_uniform``) instead of timm's linear ramp from 0 at the first
             block to ``drop_path_rate`` at the last (DINO's rule).
+        pos_embed_interpolation: ``official`` (DINO / DINOv2's ``interpolate_pos_encoding``:
+            bicubic, ``scale_factor=(n + 0.1) / M``, no antialiasing, from the stored grid)
+            or ``timm`` (``resample_abs_pos_embed``: ``size=n``, antialiased). ViTs only.
+        drop_path_mode: ``per_sample`` (timm's DropPath, DINO) or ``subset`` (DINOv2: each
+            residual branch on exactly int(B * (1 - rate)) samples, scaled). ViTs only.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size``,
             ``patch_size``, ``depth``, ``drop_path_rate``, ``init_values`` for layer
             scale, ``dynamic_img_size``).
@@ -50,10 +61,16 @@ class Backbone(nn.Module):
         small_image_stem: bool = False,
         stem_max_pool: bool = True,
         drop_path_uniform: bool = False,
+        pos_embed_interpolation: str = "official",
+        drop_path_mode: str = "per_sample",
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
         self.model_name = model_name
+        for key, value, modes in (("pos_embed_interpolation", pos_embed_interpolation, POS_EMBED_MODES),
+                                  ("drop_path_mode", drop_path_mode, DROP_PATH_MODES)):
+            if value not in modes:
+                raise ValueError(f"backbone.{key}={value!r}: choose one of {', '.join(modes)}")
         try:
             self.model = timm.create_model(model_name, pretrained=False, num_classes=0, **model_kwargs)
         except (RuntimeError, TypeError) as err:
@@ -68,6 +85,10 @@ class Backbone(nn.Module):
             _change_resnet_stem(self.model, model_name, stride_one=small_image_stem)
         if drop_path_uniform:
             self._make_drop_path_uniform(float(model_kwargs.get("drop_path_rate", 0.0)))
+        if pos_embed_interpolation == "official":
+            use_official_pos_embed(self.model, model_name)
+        if drop_path_mode == "subset":
+            use_subset_drop_path(self.blocks(), model_name)
         # bf16 on CPU: fp32 for the small-input convolutions oneDNN gets wrong (docs/precision.md).
         guard_small_input_convs(self.model)
         # Layer decay: taken once the model is final (the parameter names do not change after).
@@ -130,6 +151,16 @@ class Backbone(nn.Module):
         if not self.has_patch_tokens:
             return None
         return image_size // self.patch_size, image_size // self.patch_size
+
+    def store_positions(self, length: int) -> bool:
+        """Make ``model.pos_embed`` hold ``length`` positions (a pretrained grid the official
+        rule interpolates from at every forward, as the official models do). Returns False
+        (nothing changed) under ``pos_embed_interpolation=timm``, where pretrained grids are
+        resampled to the model's once, at loading."""
+        if not isinstance(self.model, OfficialPosEmbedViT):
+            return False
+        self.model.store_positions(length)
+        return True
 
     @property
     def has_patch_tokens(self) -> bool:

@@ -15,8 +15,9 @@
 
 Settings timm cannot reproduce are never hidden: ``small_image_stem`` (a stride-1 stem
 without max-pool) and ``stem_max_pool=false`` are stated as extra lines in the printed
-call; ``drop_path_uniform`` changes only training (stochastic depth), so features are
-equal and a note says so; any other Backbone-only setting away from its default is
+call; ``drop_path_uniform`` and ``drop_path_mode`` change only training (stochastic
+depth), so features are equal and a note says so; ``pos_embed_interpolation=official``
+(DINO / DINOv2's rule) gives timm's features at the stored grid only, and a note says so; any other Backbone-only setting away from its default is
 refused.
 The function takes a single-file checkpoint; a sharded one must be consolidated first.
 """
@@ -74,7 +75,8 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
     model_name = backbone_cfg["model_name"]
     kwargs, changed = _split_settings(backbone_cfg)
     notes = []
-    unknown = sorted(set(changed) - {"small_image_stem", "stem_max_pool", "drop_path_uniform"})
+    unknown = sorted(set(changed) - {"small_image_stem", "stem_max_pool", "drop_path_uniform", "drop_path_mode",
+                                     "pos_embed_interpolation"})
     if unknown:
         raise ExportError(
             f"checkpoint {ckpt}: backbone.{unknown[0]}={changed[unknown[0]]} is an ssl_zoo setting the exporter "
@@ -86,6 +88,13 @@ def export_backbone(ckpt: str | Path, out: str | Path, which: str = "teacher", h
     if "drop_path_uniform" in changed:
         notes.append("backbone.drop_path_uniform=true changed only the training-time stochastic depth "
                      "(timm builds its linear ramp instead); eval features are identical")
+    if "drop_path_mode" in changed:
+        notes.append(f"backbone.drop_path_mode={changed['drop_path_mode']} changed only the training-time stochastic "
+                     "depth; eval features are identical")
+    if "model.pos_embed" in state and backbone_cfg.get("pos_embed_interpolation", "official") == "official":
+        notes.append("the run interpolated position embeddings with DINO/DINOv2's rule (backbone.pos_embed_interpolation="
+                     "official); plain timm resamples with its own: features are equal at the grid the file "
+                     "stores (the training crop size), not at other sizes (e.g. local crops)")
     weights = {k[len("model."):]: v.contiguous() for k, v in state.items() if k.startswith("model.")}
     extra = {k: v for k, v in state.items() if not k.startswith("model.")}
     unknown = [k for k in extra if k != "mask_token"]

@@ -234,6 +234,11 @@ def load_backbone(path: str | Path, which: str = "teacher"):
     backbone = instantiate(architecture_node(cfg.backbone))
     if "mask_token" in state:
         backbone.enable_mask_token("checkpoint")
+    if "model.pos_embed" in state:  # a pretrained grid kept by pos_embed_interpolation=official
+        try:
+            backbone.store_positions(state["model.pos_embed"].shape[1])
+        except ValueError:
+            pass  # not a grid of positions: the check below names the mismatch
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

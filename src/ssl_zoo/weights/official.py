@@ -43,11 +43,15 @@ Key renames to timm's ``VisionTransformer`` (``_vit_to_timm``):
   models) get the class position folded into ``cls_token`` (exact: nothing happens
   between the two additions); timm models that embed prefix tokens get zeros for the
   register positions.
-- position grids are resampled to the backbone's grid with the rule of the model that
-  made the file (``interpolate_pos_encoding``): DINO and DINOv2 without registers use
-  bicubic with ``scale_factor=(n + 0.1) / M`` and no antialiasing; DINOv2 ``_reg`` models
-  (``interpolate_offset=0``, ``interpolate_antialias=True``) and timm-layout files use
-  bicubic to ``size=n`` with antialiasing (timm's ``resample_abs_pos_embed``).
+- position grids: with ``backbone.pos_embed_interpolation=official`` the backbone keeps
+  the file's grid (e.g. DINOv2's 37x37 of 518 px) and interpolates it at every forward
+  like the official model (``ssl_zoo.models.pos_embed``), so official weights give the
+  official features at every crop size. With ``timm`` the grid is resampled once to the
+  backbone's with the rule of the model that made the file (``interpolate_pos_encoding``):
+  DINO and DINOv2 without registers use bicubic with ``scale_factor=(n + 0.1) / M`` and
+  no antialiasing; DINOv2 ``_reg`` models (``interpolate_offset=0``,
+  ``interpolate_antialias=True``) and timm-layout files use bicubic to ``size=n`` with
+  antialiasing (timm's ``resample_abs_pos_embed``).
 
 Heads (``load_heads``): ``dino/vision_transformer.py::DINOHead`` and
 ``dinov2/layers/dino_head.py::DINOHead`` share a layout: ``mlp.{0,2,4}`` Linear (with
@@ -67,10 +71,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssl_zoo.errors import UserError
+from ssl_zoo.models.pos_embed import OFFSET, OfficialPosEmbedViT, interpolate_patch_positions
 
 log = logging.getLogger("ssl_zoo")
 
@@ -222,22 +226,6 @@ def describe_model(model: nn.Module) -> str:
 # --- backbone ---------------------------------------------------------------------------
 
 
-def _resample_grid(patch_pos: torch.Tensor, size: tuple[int, int], offset: float, antialias: bool) -> torch.Tensor:
-    """(1, M*M, D) -> (1, h*w, D), bicubic. ``offset`` > 0: the official
-    ``scale_factor=(n + offset) / M`` rule; 0: ``size=(h, w)``."""
-    _, n, dim = patch_pos.shape
-    side = math.isqrt(n)
-    grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
-    if offset:
-        scale = ((size[0] + offset) / side, (size[1] + offset) / side)
-        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=antialias)
-    else:
-        grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False, antialias=antialias)
-    if tuple(grid.shape[-2:]) != tuple(size):
-        raise InitFromError(f"position grid {side}x{side} resampled to {tuple(grid.shape[-2:])}, not {size}")
-    return grid.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], dim).to(patch_pos.dtype)
-
-
 def _fit_pos_embed(state: dict[str, torch.Tensor], model: nn.Module, official: bool) -> str | None:
     """Rewrite ``pos_embed`` (and fold the class position) for ``model``; returns a note."""
     src = state["pos_embed"]
@@ -254,10 +242,14 @@ def _fit_pos_embed(state: dict[str, torch.Tensor], model: nn.Module, official: b
     patch_pos = src[:, prefix:]
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
     note = None
-    if (side, side) != grid:
+    if (side, side) != grid and isinstance(model, OfficialPosEmbedViT):
+        # The official models keep their grid and interpolate from it at every forward.
+        note = f"position embeddings kept at their {side}x{side} grid (pos_embed_interpolation=official)"
+    elif (side, side) != grid:
         # DINOv2 _reg models and timm: size= with antialias; DINO / DINOv2: +0.1 offset.
         size_rule = not official or n_reg_src > 0
-        patch_pos = _resample_grid(patch_pos, grid, 0.0 if size_rule else 0.1, antialias=size_rule)
+        patch_pos = interpolate_patch_positions(patch_pos, (side, side), grid, 0.0 if size_rule else OFFSET,
+                                                antialias=size_rule).to(patch_pos.dtype)
         note = f"position embeddings resampled {side}x{side} -> {grid[0]}x{grid[1]} (bicubic)"
     if getattr(model, "no_embed_class", False):
         if cls_pos is not None and "cls_token" in state:
@@ -330,6 +322,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, which: str = "t
         state, mask_token, kind, notes = backbone_weights(path, model, which)
     except InitFromError as err:  # name the config key: the message is printed alone
         raise InitFromError(f"backbone.init_from: {err}") from None
+    if "pos_embed" in state and getattr(model, "pos_embed", None) is not None:
+        try:  # pos_embed_interpolation=official: the model takes the file's grid
+            backbone.store_positions(state["pos_embed"].shape[1])
+        except ValueError:
+            pass  # not a grid of positions: the strict shape check below names it
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
