@@ -12,8 +12,15 @@ Recipes (the defaults of MultiCropTransform are DINO's):
   on the second global view only. The per-view asymmetry of blur and solarisation comes
   from BYOL (Grill et al. 2020, Table 6).
 - BYOL: n_local=0, global_scale=(0.08, 1.0); everything else as above.
-- DINOv2 (Oquab et al. 2023): global_scale=(0.32, 1.0), local_scale=(0.05, 0.32),
-  local_size=98; everything else as above.
+- DINOv2 (Oquab et al. 2023): global_scale=(0.32, 1.0), local_scale=(0.05, 0.32);
+  its code blurs the global views with p 0.0 and 0.9 (not 1.0 and 0.1: RandomApply gets
+  1 - p), which conf/augmentation/dinov2.yaml follows (switch: augmentation.dinov2_blur).
+
+The blur's kernel differs between the references: ``blur_kernel`` picks one (DINO: PIL's
+GaussianBlur, "pil"; DINOv2: 9 taps at every size; BYOL: side / 10 taps, zero padding,
+"byol"; "tenth_of_crop", the default, is BYOL's size with reflect padding).
+``draw_sample`` draws every random choice of a sample's views (``ViewOps``) before any
+pixel is touched; ``__call__`` renders them (tests measure the statistics there).
 
 How it is fast (the distribution is torchvision's, op by op):
 
