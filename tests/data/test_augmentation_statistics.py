@@ -168,3 +168,8 @@ def test_call_renders_the_drawn_sample(tmp_path):
         assert len(out[key]) == len(expected[key])
         for got, want in zip(out[key], expected[key], strict=True):
             assert torch.equal(got, want)
+
+
+def test_a_bad_dinov2_blur_names_the_switch_and_its_values(tmp_path):
+    with pytest.raises(Exception, match=r"augmentation.dinov2_blur must be one of reference_code, paper; got 'intent'"):
+        preset_transform(tmp_path, "dinov2_vitl16_in1k", "augmentation.dinov2_blur=intent")
