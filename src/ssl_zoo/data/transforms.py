@@ -18,7 +18,8 @@ Recipes (the defaults of MultiCropTransform are DINO's):
 
 The blur's kernel differs between the references: ``blur_kernel`` picks one (DINO: PIL's
 GaussianBlur, "pil"; DINOv2: 9 taps at every size; BYOL: side / 10 taps, zero padding,
-"byol"; "tenth_of_crop", the default, is BYOL's size with reflect padding).
+"byol"; "tenth_of_crop", the default, the odd size nearest to 10% of the side with
+reflect padding, BYOL's 23 taps at 224 px but not at every size).
 ``draw_sample`` draws every random choice of a sample's views (``ViewOps``) before any
 pixel is touched; ``__call__`` renders them (tests measure the statistics there).
 
