@@ -33,6 +33,19 @@ if not OmegaConf.has_resolver("fastest_precision"):
     OmegaConf.register_new_resolver("fastest_precision", _fastest_precision)
 
 
+def pick_option(key: str, choice: str, options: dict):
+    """``${pick:<key>,${<key>},{name: value, ...}}``: the value a named switch selects
+    (e.g. augmentation.dinov2_blur), with a one-line error naming the key and its options."""
+    if choice not in options:
+        raise ValueError(f"{key} must be one of {', '.join(options)}; got {choice!r}")
+    return options[choice]
+
+
+# Named switches in the YAML (a preset's reference behaviour or its alternative).
+if not OmegaConf.has_resolver("pick"):
+    OmegaConf.register_new_resolver("pick", pick_option)
+
+
 # Keys that moved when the optimizer became its own config node (optim/): an old override
 # gets the new key instead of Hydra's "not in struct".
 MOVED_KEYS = {

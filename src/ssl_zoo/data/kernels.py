@@ -161,11 +161,12 @@ def _reflect(index, size):
 
 
 @njit(**_JIT)
-def blur_(view, size, weights, radius):
-    """Separable Gaussian blur of a (3, size * size) view in place, with torchvision's
-    reflect padding: rows, then columns. ``weights`` holds the kernel's taps (odd length,
-    centre in the middle); only the taps within ``radius`` of the centre are used (the
-    caller zeroes the negligible far ones).
+def blur_(view, size, weights, radius, zero_pad=False):
+    """Separable Gaussian blur of a (3, size * size) view in place: rows, then columns.
+    ``weights`` holds the kernel's taps (odd length, centre in the middle); only the taps
+    within ``radius`` of the centre are used (the caller zeroes the negligible far ones).
+    Beyond the border: torchvision's reflect padding, or with ``zero_pad`` zeros (a 'SAME'
+    convolution, BYOL's reference: the taps outside the image are lost, borders darken).
 
     The loops index 2-D arrays instead of slicing rows: a slice in numba is a new array
     object (reference counted), which in the inner loops cost more than the arithmetic.
@@ -181,8 +182,12 @@ def blur_(view, size, weights, radius):
     for c in range(3):
         for i in range(size):
             for p in range(radius):
-                padded[i, p] = image[c, i, _reflect(p - radius, size)]
-                padded[i, radius + size + p] = image[c, i, _reflect(size + p, size)]
+                if zero_pad:
+                    padded[i, p] = _ZERO
+                    padded[i, radius + size + p] = _ZERO
+                else:
+                    padded[i, p] = image[c, i, _reflect(p - radius, size)]
+                    padded[i, radius + size + p] = image[c, i, _reflect(size + p, size)]
             for j in range(size):
                 padded[i, radius + j] = image[c, i, j]
         for i in range(size):  # along the rows
@@ -193,12 +198,12 @@ def blur_(view, size, weights, radius):
                     acc[j] += w * padded[i, t + j]
             for j in range(size):
                 rows[radius + i, j] = acc[j]
-        for p in range(radius):  # the reflected rows above and below
+        for p in range(radius):  # the padding rows above and below
             above = radius + _reflect(p - radius, size)
             below = radius + _reflect(size + p, size)
             for j in range(size):
-                rows[p, j] = rows[above, j]
-                rows[radius + size + p, j] = rows[below, j]
+                rows[p, j] = _ZERO if zero_pad else rows[above, j]
+                rows[radius + size + p, j] = _ZERO if zero_pad else rows[below, j]
         for i in range(size):  # down the columns: whole rows at a time
             acc[:] = 0.0
             for t in range(n_taps):
@@ -221,7 +226,17 @@ def normalize_(view, mean, inv_std):
 
 @njit(**_JIT)
 def augment_views_(
-    views, jitter_order, jitter_factors, gray, blur_weights, blur_radius, solarize, mean, inv_std
+    views,
+    jitter_order,
+    jitter_factors,
+    gray,
+    blur_weights,
+    blur_radius,
+    solarize,
+    mean,
+    inv_std,
+    solarize_threshold=128.0 / 255.0,
+    zero_pad=False,
 ):
     """The float ops of n views of one size, in place, in torchvision's pipeline order:
     colour jitter, grayscale, blur, solarize, normalise.
@@ -229,7 +244,8 @@ def augment_views_(
     views: (n, 3, S, S) float32 in [0, 1]; jitter_order: (n, 4) op ids, -1 to skip (a view
     without jitter is all -1); jitter_factors: (n, 4); gray, solarize: (n,) bool;
     blur_weights: (n, K) taps; blur_radius: (n,) radius of the nonzero taps, -1 for no blur;
-    mean, inv_std: (3,).
+    mean, inv_std: (3,); solarize_threshold: values >= it are inverted (RandomSolarize(128)
+    on uint8 is 128 / 255); zero_pad: blur with zero padding instead of reflect (blur_).
     """
     n, size = views.shape[0], views.shape[2]
     for v in range(n):
@@ -238,9 +254,9 @@ def augment_views_(
         if gray[v]:
             to_gray_(view)
         if blur_radius[v] >= 0:
-            blur_(view, size, blur_weights[v], blur_radius[v])
+            blur_(view, size, blur_weights[v], blur_radius[v], zero_pad)
         if solarize[v]:
-            solarize_(view, np.float32(128.0 / 255.0))  # RandomSolarize(threshold=128), uint8
+            solarize_(view, np.float32(solarize_threshold))
         normalize_(view, mean, inv_std)
 
 
@@ -268,5 +284,7 @@ def warm_up() -> None:
         np.ones(1, dtype=np.bool_),
         np.zeros(3, dtype=np.float32),
         np.ones(3, dtype=np.float32),
+        0.5,
+        False,
     )
     _compiled = True

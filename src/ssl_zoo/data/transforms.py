@@ -12,8 +12,16 @@ Recipes (the defaults of MultiCropTransform are DINO's):
   on the second global view only. The per-view asymmetry of blur and solarisation comes
   from BYOL (Grill et al. 2020, Table 6).
 - BYOL: n_local=0, global_scale=(0.08, 1.0); everything else as above.
-- DINOv2 (Oquab et al. 2023): global_scale=(0.32, 1.0), local_scale=(0.05, 0.32),
-  local_size=98; everything else as above.
+- DINOv2 (Oquab et al. 2023): global_scale=(0.32, 1.0), local_scale=(0.05, 0.32);
+  its code blurs the global views with p 0.0 and 0.9 (not 1.0 and 0.1: RandomApply gets
+  1 - p), which conf/augmentation/dinov2.yaml follows (switch: augmentation.dinov2_blur).
+
+The blur's kernel differs between the references: ``blur_kernel`` picks one (DINO: PIL's
+GaussianBlur, "pil"; DINOv2: 9 taps at every size; BYOL: side / 10 taps, zero padding,
+"byol"; "tenth_of_crop", the default, the odd size nearest to 10% of the side with
+reflect padding, BYOL's 23 taps at 224 px but not at every size).
+``draw_sample`` draws every random choice of a sample's views (``ViewOps``) before any
+pixel is touched; ``__call__`` renders them (tests measure the statistics there).
 
 How it is fast (the distribution is torchvision's, op by op):
 
@@ -50,10 +58,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode, v2
 
 from ssl_zoo.data import kernels
@@ -70,6 +79,30 @@ DECODE_REDUCTIONS = (8, 4, 2, 1)  # what a JPEG decoder can do in the DCT (PIL d
 def blur_kernel_size(crop_size: int) -> int:
     """The odd kernel size nearest to 10% of the crop side (BYOL: 23 px at 224), >= 3."""
     return max(3, 2 * round((0.1 * crop_size - 1) / 2) + 1)
+
+
+def byol_blur_kernel_size(crop_size: int) -> int:
+    """BYOL's reference rule (deepmind-research byol/utils/augmentations.py:423 and
+    135-136): kernel_size = side / 10, radius int(kernel_size / 2), 2 * radius + 1 taps.
+    23 at 224 like blur_kernel_size, but not at every side (11 vs 9 at 100, 1 vs 3 at 16)."""
+    return 2 * int(crop_size / 10.0 / 2) + 1
+
+
+# MultiCropTransform's blur_kernel, by name (an odd int is a fixed kernel, reflect padding).
+BLUR_KERNELS = {
+    "tenth_of_crop": "odd size nearest to 10% of the crop, >= 3, reflect padding (ssl_zoo's default)",
+    "byol": "BYOL's 2 * int(side / 20) + 1 taps, zero padding (jax 'SAME' convolution)",
+    "pil": "PIL ImageFilter.GaussianBlur(radius=sigma) on the view rounded to 8 bits (DINO)",
+}
+
+
+def pil_gaussian_blur_(view: np.ndarray, sigma: float) -> None:
+    """Blur a (3, S, S) float32 view in [0, 1] in place with PIL's GaussianBlur (DINO's
+    utils.GaussianBlur: radius = sigma, PIL's own extent: three box blurs). PIL works on
+    8 bits, as DINO's PIL pipeline does there: the view is rounded to 8 bits first."""
+    pixels = np.clip(view * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8).transpose(1, 2, 0)
+    blurred = Image.fromarray(np.ascontiguousarray(pixels)).filter(ImageFilter.GaussianBlur(sigma))
+    view[...] = np.asarray(blurred, dtype=np.float32).transpose(2, 0, 1) * np.float32(1.0 / 255.0)
 
 
 def to_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -245,6 +278,15 @@ def _check_per_view(name: str, value, n_views: int) -> tuple[float, ...]:
     return tuple(_check_prob(f"{name}[{i}]", p) for i, p in enumerate(probs))
 
 
+def _check_blur_kernel(value) -> int | str:
+    if isinstance(value, str) and value in BLUR_KERNELS:
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0 and value % 2:
+        return int(value)
+    names = ", ".join(BLUR_KERNELS)
+    raise ValueError(f"blur_kernel must be an odd int > 0 (fixed taps) or one of {names}; got {value!r}")
+
+
 def _check_channels(name: str, value, positive: bool) -> tuple[float, float, float]:
     try:
         values = tuple(value)
@@ -278,10 +320,16 @@ class MultiCropTransform:
         global_blur_p: Gaussian blur probability per global view (one per view, or one
             number for all views).
         local_blur_p: Gaussian blur probability of every local view.
-        blur_sigma: (min, max) of the blur standard deviation in pixels; the kernel is the
-            odd size nearest to 10% of the crop (23 at 224, 9 at 96, 3 at 32).
+        blur_sigma: (min, max) of the blur standard deviation in pixels.
+        blur_kernel: the blur's kernel (each reference has its own): "tenth_of_crop", the
+            odd size nearest to 10% of the crop (23 at 224, 9 at 96, 3 at 32), reflect
+            padding; "byol", BYOL's reference (2 * int(side / 20) + 1 taps, zero padding);
+            "pil", PIL's GaussianBlur with radius sigma (DINO); an odd int, that many taps
+            at every crop size, reflect padding (torchvision's GaussianBlur; DINOv2: 9).
         global_solarize_p: solarisation probability per global view (like global_blur_p).
         local_solarize_p: solarisation probability of every local view.
+        solarize_threshold: in 8-bit levels; values >= it are inverted (128: torchvision's
+            RandomSolarize(128) and PIL's ImageOps.solarize; BYOL's 0.5 on floats is 127.5).
         mean, std: per-channel normalisation of the [0, 1] float image.
 
     Call on a PIL image or a (3, H, W) uint8 tensor; returns
@@ -310,6 +358,8 @@ class MultiCropTransform:
         blur_sigma: Sequence[float] = (0.1, 2.0),
         global_solarize_p: float | Sequence[float] = (0.0, 0.2),
         local_solarize_p: float = 0.0,
+        blur_kernel: int | str = "tenth_of_crop",
+        solarize_threshold: float = 128.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -341,6 +391,12 @@ class MultiCropTransform:
             "global_solarize_p", global_solarize_p, self.n_global
         )
         self.local_solarize_p = _check_prob("local_solarize_p", local_solarize_p)
+        self.blur_kernel = _check_blur_kernel(blur_kernel)
+        if not _is_real(solarize_threshold) or not 0 <= solarize_threshold <= 256:
+            raise ValueError(
+                f"solarize_threshold must be a number of 8-bit levels in [0, 256], got {solarize_threshold!r}"
+            )
+        self.solarize_threshold = float(solarize_threshold)
         self.mean = _check_channels("mean", mean, positive=False)
         self.std = _check_channels("std", std, positive=True)
 
@@ -376,18 +432,30 @@ class MultiCropTransform:
         return max_reduction([(min_crop_side(width, height, s), size) for size, s in kinds])
 
     def __call__(self, image: Image.Image | torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        image = to_uint8_tensor(image)
-        global_crops = self.crops(
-            image, self.global_size, self.global_scale, self.global_blur_p, self.global_solarize_p
+        return self.render(to_uint8_tensor(image), self.draw_sample())
+
+    def draw_sample(self) -> dict[str, list[ViewOps]]:
+        """The random choices of one sample's views, before any pixel is touched:
+        {"global_crops": [ViewOps] * n_global, "local_crops": [ViewOps] * n_local}.
+        ``__call__`` renders exactly these (tests measure the augmentation statistics here)."""
+        local_ops = []
+        global_ops = self.draw_ops(self.global_blur_p, self.global_solarize_p)
+        if self.n_local > 0:
+            n = self.n_local
+            local_ops = self.draw_ops((self.local_blur_p,) * n, (self.local_solarize_p,) * n)
+        return {"global_crops": global_ops, "local_crops": local_ops}
+
+    def render(
+        self, image: torch.Tensor, sample: dict[str, list[ViewOps]]
+    ) -> dict[str, list[torch.Tensor]]:
+        """The views of ``draw_sample`` cut from a (3, H, W) uint8 image."""
+        global_crops = self.render_views(
+            image, self.global_size, self.global_scale, sample["global_crops"]
         )
         local_crops = []
-        if self.n_local > 0:
-            local_crops = self.crops(
-                image,
-                self.local_size,
-                self.local_scale,
-                (self.local_blur_p,) * self.n_local,
-                (self.local_solarize_p,) * self.n_local,
+        if sample["local_crops"]:
+            local_crops = self.render_views(
+                image, self.local_size, self.local_scale, sample["local_crops"]
             ).unbind(0)
         return {"global_crops": list(global_crops.unbind(0)), "local_crops": list(local_crops)}
 
@@ -401,59 +469,122 @@ class MultiCropTransform:
     ) -> torch.Tensor:
         """len(blur_p) augmented, normalised (N, 3, size, size) crops of a (3, H, W) uint8
         image; view i is blurred with probability blur_p[i], solarised with solarize_p[i]."""
-        n = len(blur_p)
-        _, height, width = image.shape
+        return self.render_views(image, size, scale, self.draw_ops(blur_p, solarize_p))
+
+    def draw_ops(self, blur_p: Sequence[float], solarize_p: Sequence[float]) -> list[ViewOps]:
+        """The random choices of len(blur_p) views; view i is blurred with probability
+        blur_p[i], solarised with solarize_p[i]."""
         # One draw for all the randomness of the n views: the box, then flip, jitter,
         # gray, blur, sigma, solarise coins, four jitter factors and four keys whose
         # argsort is the order of the jitter ops.
-        draws = torch.rand(n, BOX_DRAWS + 14, dtype=torch.float64)
-        draws = draws.tolist()
-        order = [sorted(range(4), key=d[-4:].__getitem__) for d in draws]
+        draws = torch.rand(len(blur_p), BOX_DRAWS + 14, dtype=torch.float64).tolist()
+        lo, hi = self.blur_sigma
+        views = []
+        for d, view_blur_p, view_solarize_p in zip(draws, blur_p, solarize_p, strict=True):
+            coins = d[BOX_DRAWS:]
+            jitter_order, factors = (), [0.0] * 4
+            if coins[1] < self.color_jitter_p:
+                # Each view its own factors and its own order of the four ops (ColorJitter).
+                order = sorted(range(4), key=d[-4:].__getitem__)
+                jitter_order = tuple(op for op in order if self._jitter_ranges[op] is not None)
+                for op in jitter_order:
+                    low, high = self._jitter_ranges[op]
+                    factors[op] = low + (high - low) * coins[6 + op]
+            views.append(
+                ViewOps(
+                    box_draws=tuple(d[:BOX_DRAWS]),
+                    flip=coins[0] < self.flip_p,
+                    jitter_order=jitter_order,
+                    jitter_factors=tuple(factors),
+                    gray=coins[2] < self.grayscale_p,
+                    blur_sigma=lo + (hi - lo) * coins[4] if coins[3] < view_blur_p else None,
+                    solarize=coins[5] < view_solarize_p,
+                )
+            )
+        return views
 
+    def _blur_kernel_at(self, size: int) -> tuple[int, bool]:
+        """(taps, zero padding) of the Gaussian blur at this crop side (not for "pil")."""
+        if self.blur_kernel == "tenth_of_crop":
+            return blur_kernel_size(size), False
+        if self.blur_kernel == "byol":
+            return byol_blur_kernel_size(size), True
+        return self.blur_kernel, False
+
+    def render_views(
+        self, image: torch.Tensor, size: int, scale: tuple[float, float], views: Sequence[ViewOps]
+    ) -> torch.Tensor:
+        """(N, 3, size, size) normalised crops of a (3, H, W) uint8 image, view i made as
+        ``views[i]`` says."""
+        n = len(views)
+        _, height, width = image.shape
         x = torch.empty(n, 3, size, size)
-        for i, d in enumerate(draws):
-            crop = resized_crop(image, crop_box(height, width, scale, d), size)[0]
-            if d[BOX_DRAWS] < self.flip_p:
+        for i, view in enumerate(views):
+            crop = resized_crop(image, crop_box(height, width, scale, view.box_draws), size)[0]
+            if view.flip:
                 crop = crop.flip(-1)
             x[i].copy_(crop)  # uint8 -> float (scaled below, in one op for all views)
         x.mul_(1.0 / 255.0)
 
-        # Colour jitter: each view its own factors and its own order of the four ops
-        # (torchvision's ColorJitter); then grayscale, blur, solarise and normalisation,
-        # all in one compiled pass over the views.
+        # Colour jitter, grayscale, blur, solarise and normalisation, all in one compiled
+        # pass over the views.
         jitter_order = np.full((n, 4), -1, dtype=np.int8)
         jitter_factors = np.zeros((n, 4), dtype=np.float32)
-        gray = np.zeros(n, dtype=np.bool_)
-        solarize = np.zeros(n, dtype=np.bool_)
+        gray = np.array([view.gray for view in views], dtype=np.bool_)
+        solarize = np.array([view.solarize for view in views], dtype=np.bool_)
         blur_radius = np.full(n, -1, dtype=np.int32)
-        kernel = blur_kernel_size(size)
+        pil = self.blur_kernel == "pil"
+        kernel, zero_pad = (1, False) if pil else self._blur_kernel_at(size)
         blur_weights = np.zeros((n, kernel), dtype=np.float32)
-        lo, hi = self.blur_sigma
-        for i, d in enumerate(draws):
-            coins = d[BOX_DRAWS:]
-            if coins[1] < self.color_jitter_p:
-                enabled = [op for op in order[i] if self._jitter_ranges[op] is not None]
-                jitter_order[i, : len(enabled)] = enabled
-                for op in enabled:
-                    low, high = self._jitter_ranges[op]
-                    jitter_factors[i, op] = low + (high - low) * coins[6 + op]
-            gray[i] = coins[2] < self.grayscale_p
-            if coins[3] < blur_p[i]:
-                taps, radii = blur_taps(kernel, [lo + (hi - lo) * coins[4]])
+        for i, view in enumerate(views):
+            jitter_order[i, : len(view.jitter_order)] = view.jitter_order
+            jitter_factors[i] = view.jitter_factors
+            if view.blur_sigma is not None and not pil:
+                taps, radii = blur_taps(kernel, [view.blur_sigma])
                 blur_weights[i], blur_radius[i] = taps[0], radii[0]
-            solarize[i] = coins[5] < solarize_p[i]
+        threshold = self.solarize_threshold / 255.0
+        if not pil:
+            kernels.augment_views_(
+                x.numpy(), jitter_order, jitter_factors, gray, blur_weights, blur_radius,
+                solarize, self._mean, self._inv_std, threshold, zero_pad,
+            )  # fmt: skip
+            return x
+        # PIL's blur between two compiled passes: jitter and grayscale, then (after the
+        # blur) solarisation and normalisation.
+        no = np.zeros(n, dtype=np.bool_)
+        identity = (np.zeros(3, dtype=np.float32), np.ones(3, dtype=np.float32))
         kernels.augment_views_(
-            x.numpy(),
-            jitter_order,
-            jitter_factors,
-            gray,
-            blur_weights,
-            blur_radius,
-            solarize,
-            self._mean,
-            self._inv_std,
-        )
+            x.numpy(), jitter_order, jitter_factors, gray, blur_weights, blur_radius,
+            no, *identity, threshold, False,
+        )  # fmt: skip
+        for view, pixels in zip(views, x.numpy(), strict=True):
+            if view.blur_sigma is not None:
+                pil_gaussian_blur_(pixels, view.blur_sigma)
+        jitter_order[:] = -1
+        kernels.augment_views_(
+            x.numpy(), jitter_order, jitter_factors, no, blur_weights, blur_radius,
+            solarize, self._mean, self._inv_std, threshold, False,
+        )  # fmt: skip
         return x
+
+
+@dataclass(frozen=True)
+class ViewOps:
+    """The random choices of one view, drawn before any pixel is touched.
+
+    box_draws: BOX_DRAWS uniform numbers for ``crop_box``; flip: horizontal flip;
+    jitter_order: ColorJitter's op ids (kernels.BRIGHTNESS, ...) in the order applied, ()
+    for no colour jitter; jitter_factors: the factor of each op id (4); gray: grayscale;
+    blur_sigma: the blur's sigma in pixels, None for no blur; solarize: solarisation.
+    """
+
+    box_draws: tuple[float, ...]
+    flip: bool
+    jitter_order: tuple[int, ...]
+    jitter_factors: tuple[float, ...]
+    gray: bool
+    blur_sigma: float | None
+    solarize: bool
 
 
 class _CropView:
