@@ -2,13 +2,16 @@
 
 - ``per_sample``: timm's ``DropPath`` (DINO's rule): each sample's residual branch is kept
   with probability 1 - rate and scaled by 1 / (1 - rate); how many are kept varies.
-- ``subset`` (facebookresearch/dinov2 at b8931f7, dinov2/layers/block.py:96-111 and
-  173-194): in training with a rate above 0.1, each residual branch (attention, then MLP,
+- ``subset`` (facebookresearch/dinov2 at b8931f7, dinov2/layers/block.py:173-194 and
+  267-294): in training with any rate above 0, each residual branch (attention, then MLP,
   each drawing its own subset) runs on exactly ``max(int(B * (1 - rate)), 1)`` random
   samples of the batch and is added back to them scaled by B / subset (``index_add`` with
   ``alpha``); the other samples get no residual and no gradient through the branch. The
-  expected output equals the un-dropped one. For 0 < rate <= 0.1 it is per-sample
-  DropPath (block.py:108-110), in eval the plain block.
+  expected output equals the un-dropped one; in eval the plain block. DINOv2 trains
+  through the list forward (``forward_nested``: one subset per crop resolution, as ssl_zoo
+  runs the backbone once per resolution), which takes subsets at every rate > 0; only
+  its single-tensor ``Block.forward`` (block.py:96-111) falls back to per-sample DropPath
+  at rates <= 0.1, a path its training does not take.
 
 Only the block's forward is replaced (a subclass of timm's ``Block``); its modules and
 parameter names stay timm's.
@@ -24,8 +27,6 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 MODES = ("per_sample", "subset")
-#: dinov2 layers/block.py:96: "the overhead is compensated only for a drop path rate larger than 0.1".
-SUBSET_ABOVE = 0.1
 
 
 def subset_size(batch: int, rate: float) -> int:
@@ -59,7 +60,7 @@ class SubsetDropPathBlock(Block):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         rate = float(self.drop_path1.drop_prob) if isinstance(self.drop_path1, DropPath) else 0.0
-        if not (self.training and rate > SUBSET_ABOVE):
+        if not (self.training and rate > 0.0):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None:
             raise ValueError("backbone.drop_path_mode=subset: attention masks are not supported")
