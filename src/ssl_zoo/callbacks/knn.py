@@ -192,7 +192,9 @@ class KNNEvaluator(L.Callback):
                     bank_loader, _ = trainer.datamodule.knn_dataloaders()
                     recalibrate_batchnorm(pl_module.eval_backbone, bank_loader, self.recalibrate_batches,
                                           pl_module.device)
-                if not stop_requested(pl_module.device):
+                if stop_requested(pl_module.device):
+                    self._stopped("at step 0", trainer)
+                else:
                     self.evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
