@@ -182,3 +182,13 @@ def test_evaluations_do_not_change_training(tmp_path):
         states[name] = _state(run_dir)
     for name in ("knn_every_3", "knn_off", "probe_on"):
         _assert_bitwise_equal(states[name], states["knn_every_2"])
+
+
+def test_sigusr1_to_the_process_group_during_the_knn_pass_saves_without_a_traceback(tmp_path):
+    run = Run(tmp_path / "run")
+    _during_knn(run)
+    run.signal_group(signal.SIGUSR1)
+    assert run.finish() == 0, run.output[-3000:]
+    assert "Traceback" not in run.output and "killed by signal" not in run.output, run.output[-3000:]
+    assert "preempted (SIGUSR1) at step 0" in run.output and run.output.count("Resume with:") == 1
+    assert _state(tmp_path / "run")["global_step"] == 0
