@@ -28,7 +28,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
+from ssl_zoo import signals
 from ssl_zoo.callbacks.protocol import RunContext, configure_run, merge_reports
+from ssl_zoo.callbacks.resume import ResumeState
 from ssl_zoo.console import say
 from ssl_zoo.data.collate import MultiCropCollate
 from ssl_zoo.data.datamodule import check_batch_sizes, constructor_config
@@ -324,6 +326,13 @@ class _DropTips(logging.Filter):
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Fit the configured method and write ``run_dir/summary.json``; returns the summary."""
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        signals.release()  # in a process that goes on (not the CLI's): the handlers it had
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     _silence_expected_warnings()
     check_environment(cfg)
@@ -334,6 +343,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     parts = build_all(cfg)
     trainer: L.Trainer = parts["trainer"]
     datamodule = parts["datamodule"]
+    if not any(isinstance(cb, ResumeState) for cb in parts["callbacks"]):
+        signals.keep_only([])  # callbacks.resume=null: the signals keep their default actions
     ckpt_path = resume_checkpoint(cfg, trainer)
     if ckpt_path:
         check_resumable(ckpt_path, parts["method"], cfg.backbone.model_name)
@@ -461,7 +472,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("summary", f"{summary['run_dir']}/summary.json")
     console = Console()
     console.print(table)
-    if summary["checkpoint"]:
+    if summary["checkpoint"] and summary["preempted_at_step"] is None:  # preempted: the command was printed
         console.print(
             "Resume (or train longer) with:\n"
             f"  ssl-zoo train <same overrides> ckpt_path={summary['checkpoint']} trainer.max_epochs=<more>",

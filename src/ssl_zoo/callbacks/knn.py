@@ -9,7 +9,11 @@ The step-0 baseline is fair: BatchNorm running statistics still at their initial
 (mean 0, variance 1) would make a random network look worse than it is, and the first few
 training steps would then "gain" points by merely replacing them. Before the step-0
 evaluation the evaluated backbone's running statistics are therefore recalibrated on
-``recalibrate_batches`` batches of the memory bank (the training images, eval transform).
+``recalibrate_batches`` batches of the memory bank (the training images, eval transform),
+for that evaluation only: training's statistics are put back after it.
+
+Evaluations leave the run as it would be without them (their own random streams) and stop
+early when a preemption signal arrives (``callbacks/isolation.py``).
 
 Next to the curve, the same protocol on raw pixels (the eval-transformed images,
 flattened) tells whether the network learned more than the pixels already hold.
@@ -26,6 +30,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.callbacks.isolation import (
+    batchnorm_statistics_kept,
+    own_random_streams,
+    stop_requested,
+)
 from ssl_zoo.callbacks.resume import was_preempted
 from ssl_zoo.data.datamodule import knn_data
 from ssl_zoo.eval.knn import knn_class_scores
@@ -86,18 +95,24 @@ class KNNEvaluator(L.Callback):
         return knn_data(trainer.datamodule) is not None
 
     @torch.no_grad()
-    def _features(self, pl_module: L.LightningModule, loader, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _features(self, pl_module: L.LightningModule, loader, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features, labels) of every process's share, gathered; None when a preemption
+        signal stopped the pass."""
         backbone = (lambda images: {"cls": images.flatten(1)}) if raw else pl_module.eval_backbone
         was_training = pl_module.training
         pl_module.eval()  # every module, the teacher's BatchNorm included: running statistics
         feats, labels = [], []
         device = pl_module.device
         # Same numerics as training (e.g. bf16 autocast) via the trainer's precision plugin.
-        with pl_module.trainer.precision_plugin.forward_context():
-            for images, targets in loader:
-                feats.append(backbone(images.to(device))["cls"].float())
-                labels.append(torch.as_tensor(targets).to(device))
-        pl_module.train(was_training)
+        try:
+            with pl_module.trainer.precision_plugin.forward_context():
+                for images, targets in loader:
+                    if stop_requested(device):
+                        return None
+                    feats.append(backbone(images.to(device))["cls"].float())
+                    labels.append(torch.as_tensor(targets).to(device))
+        finally:
+            pl_module.train(was_training)
         real = getattr(loader.dataset, "num_real", None)  # rows past it pad this process's share
         feats, labels = torch.cat(feats)[:real], torch.cat(labels)[:real]
         return collectives.all_gather_cat(feats), collectives.all_gather_cat(labels)
@@ -105,8 +120,11 @@ class KNNEvaluator(L.Callback):
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str, raw: bool = False):
         datamodule = trainer.datamodule
         bank_loader, query_loader = datamodule.knn_dataloaders()
-        bank, bank_labels = self._features(pl_module, bank_loader, raw)
-        queries, query_labels = self._features(pl_module, query_loader, raw)
+        bank = self._features(pl_module, bank_loader, raw)
+        queries = bank and self._features(pl_module, query_loader, raw)
+        if queries is None:
+            return None
+        (bank, bank_labels), (queries, query_labels) = bank, queries
         num_classes = datamodule.num_classes()
         scores = knn_class_scores(bank, bank_labels, queries, num_classes, self.k, self.temperature)
         metrics = {f"{prefix}/top1": MulticlassAccuracy(num_classes, top_k=1, average="micro").to(scores.device)}
@@ -128,7 +146,10 @@ class KNNEvaluator(L.Callback):
                 f"(> callbacks.knn.raw_pixel_max_gb={self.raw_pixel_max_gb})"
             )
             return None
-        values, n_queries, n_bank = self._score(trainer, pl_module, "knn_raw_pixels", raw=True)
+        scored = self._score(trainer, pl_module, "knn_raw_pixels", raw=True)
+        if scored is None:
+            return self._stopped("on raw pixels", trainer)
+        values, n_queries, n_bank = scored
         self.raw_pixel_top1 = values["knn_raw_pixels/top1"]
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
@@ -139,9 +160,13 @@ class KNNEvaluator(L.Callback):
         )
         return self.raw_pixel_top1
 
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+        """Top-1 now (None: a preemption signal stopped the evaluation)."""
         start = time.perf_counter()
-        values, n_queries, n_bank = self._score(trainer, pl_module, "knn")
+        scored = self._score(trainer, pl_module, "knn")
+        if scored is None:
+            return self._stopped(f"at step {trainer.global_step}", trainer)
+        values, n_queries, n_bank = scored
         step = trainer.global_step
         self.history.append((step, values["knn/top1"]))
         for logger in trainer.loggers:
@@ -152,27 +177,40 @@ class KNNEvaluator(L.Callback):
         )
         return values["knn/top1"]
 
+    @staticmethod
+    def _stopped(what: str, trainer: L.Trainer) -> None:
+        rank_zero_info(f"kNN evaluation {what} stopped: a preemption signal arrived (the run saves and stops)")
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled(trainer) and not self.history and trainer.global_step == 0:
-            if self.raw_pixel_baseline:
-                self.evaluate_raw_pixels(trainer, pl_module)
-            if self.recalibrate_batches:
-                bank_loader, _ = trainer.datamodule.knn_dataloaders()
-                recalibrate_batchnorm(pl_module.eval_backbone, bank_loader, self.recalibrate_batches, pl_module.device)
-            self.evaluate(trainer, pl_module)
+            # Its own random streams, and training's BatchNorm statistics back afterwards:
+            # the run is the same with the evaluation on or off (callbacks/isolation.py).
+            with own_random_streams(pl_module.device), batchnorm_statistics_kept(pl_module.eval_backbone):
+                if self.raw_pixel_baseline and not stop_requested(pl_module.device):
+                    self.evaluate_raw_pixels(trainer, pl_module)
+                if self.recalibrate_batches and not stop_requested(pl_module.device):
+                    bank_loader, _ = trainer.datamodule.knn_dataloaders()
+                    recalibrate_batchnorm(pl_module.eval_backbone, bank_loader, self.recalibrate_batches,
+                                          pl_module.device)
+                if stop_requested(pl_module.device):
+                    self._stopped("at step 0", trainer)
+                else:
+                    self.evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         due = self.every_n_steps and step > 0 and step % self.every_n_steps == 0
         # Under gradient accumulation several batches end at the same optimizer step.
         if due and self._enabled(trainer) and (not self.history or self.history[-1][0] != step):  # resumed: empty
-            self.evaluate(trainer, pl_module)
+            with own_random_streams(pl_module.device):
+                self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if was_preempted(trainer):
             return  # the job is about to be killed: no time for an evaluation
         if self._enabled(trainer) and (not self.history or self.history[-1][0] != trainer.global_step):
-            self.evaluate(trainer, pl_module)
+            with own_random_streams(pl_module.device):
+                self.evaluate(trainer, pl_module)
 
 
 @torch.no_grad()
@@ -191,7 +229,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader, num_batches: int, devi
         m.train()
     seen = 0
     for index, (images, _) in enumerate(loader):
-        if index == num_batches:
+        if index == num_batches or stop_requested(device):
             break
         model(images.to(device))
         seen += images.shape[0]

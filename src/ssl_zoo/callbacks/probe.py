@@ -14,9 +14,9 @@ It leaves pretraining exactly as it would be without it:
 - it reads ``step_signals["eval_features"]`` (detached, computed by the step anyway) and
   the batch labels, after the optimizer step; its parameters and optimizer are its own;
 - it draws no random numbers from the global generators: zero initialisation, no
-  dropout, and evaluation inside ``torch.random.fork_rng`` (creating a DataLoader
-  iterator draws a seed from the global generator), so the data and augmentation
-  stream of the run is unchanged (tests/test_probe.py checks both).
+  dropout, and evaluation with its own random streams (``callbacks/isolation.py``), so the
+  data and augmentation stream of the run is unchanged (tests/test_probe.py checks both).
+  Its evaluation stops early when a preemption signal arrives.
 
 Cost: one (2B, D) x (D, C) linear layer forward/backward per step, and one forward of the
 eval backbone over the query split per evaluation (a fifth of a kNN evaluation with the
@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.callbacks.isolation import own_random_streams, stop_requested
 from ssl_zoo.data.datamodule import knn_data
 from ssl_zoo.methods.base import SSLMethod
 from ssl_zoo.parallel import collectives
@@ -128,7 +129,7 @@ class OnlineLinearProbe(L.Callback):
             self.evaluate(trainer, pl_module)
 
     @torch.no_grad()
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         start = time.perf_counter()
         device = pl_module.device
         was_training = pl_module.training
@@ -136,11 +137,14 @@ class OnlineLinearProbe(L.Callback):
         self.head.eval()
         correct = torch.zeros((), device=device)
         total = torch.zeros((), device=device)
-        rng_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices), trainer.precision_plugin.forward_context():
+        stopped = False
+        with own_random_streams(device), trainer.precision_plugin.forward_context():
             _, query_loader = trainer.datamodule.knn_dataloaders()
             left = getattr(query_loader.dataset, "num_real", len(query_loader.dataset))  # then padding
             for images, targets in query_loader:
+                if stop_requested(device):  # preemption: the run saves and stops
+                    stopped = True
+                    break
                 features = pl_module.eval_backbone(images.to(device))["cls"].float()
                 predictions = self.head(features).argmax(dim=1)[:left]
                 correct += (predictions == torch.as_tensor(targets).to(device)[:left]).sum()
@@ -148,6 +152,9 @@ class OnlineLinearProbe(L.Callback):
                 left -= predictions.numel()
         pl_module.train(was_training)
         self.head.train()
+        if stopped:
+            rank_zero_info(f"online linear probe at step {trainer.global_step} stopped: a preemption signal arrived")
+            return None
         counts = collectives.all_reduce_sum(torch.stack((correct, total, self._correct, self._seen)))
         top1, train_top1 = (counts[0] / counts[1].clamp_min(1)).item(), (counts[2] / counts[3].clamp_min(1)).item()
         step = trainer.global_step

@@ -9,11 +9,14 @@ the loop counters (global step). This callback adds, under ``ssl_zoo_resume``:
   before Lightning builds its loader (``SSLDataModule.resume_at``), so that a mid-epoch
   resume neither repeats nor skips a sample (``ssl_zoo.data.sampling``).
 
-Preemption: on SIGTERM or SIGUSR1 (SLURM sends one before killing a job) the run saves
-``last.ckpt`` at the next step boundary, stops cleanly (exit code 0) and prints the
-command that resumes it. These handlers replace Lightning's for the duration of training:
-Lightning's SIGTERM handler raises at the next batch without saving, and its SLURM SIGUSR1
-handler saves from inside the signal handler, in the middle of a step. What Lightning's
+Preemption: on SIGTERM or SIGUSR1 (SLURM sends one before killing a job), to the main
+process or to the whole process group, the run saves ``last.ckpt`` at the next safe point
+(a step boundary, or before the first step when the signal came while the run started),
+stops cleanly (exit code 0) and prints the command that resumes it. The signal handler
+only records the signal and data workers ignore it (``ssl_zoo.signals``); evaluation
+passes stop early when one is pending. These handlers replace Lightning's: Lightning's
+SIGTERM handler raises at the next batch without saving, and its SLURM SIGUSR1 handler
+saves from inside the signal handler, in the middle of a step. What Lightning's
 SLURM handler does besides is kept: when the cluster environment is a ``SLURMEnvironment``
 with ``auto_requeue`` (``trainer=multinode``), its ``requeue_signal`` is handled too and,
 after the checkpoint, rank 0 requeues the job (``ssl_zoo.parallel.cluster``).
@@ -29,8 +32,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from torch.utils.data import IterableDataset
 
+from ssl_zoo import signals
 from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.callbacks.protocol import RunContext
 from ssl_zoo.console import say
@@ -89,10 +94,8 @@ class ResumeState(L.Callback):
         self.signals = [signal.Signals[name] for name in preempt_signals]
         self.resume_command: str | None = None  # printed when preempted (configure_run)
         self.preempted_at: int | None = None  # the step saved on preemption
-        self._received: int | None = None
         self._requeue_on: signal.Signals | None = None  # SLURM auto-requeue's signal, if any
         self._rng_to_restore: dict[str, Any] | None = None
-        self._previous_handlers: dict[int, Any] = {}
 
     def configure_run(self, context: RunContext) -> None:
         self.resume_command = context.resume_command
@@ -132,39 +135,40 @@ class ResumeState(L.Callback):
             say("resume: data continues at epoch %d after %d samples of this process",
                      position["epoch"], position["samples"])
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before any DataLoader forks its workers (they inherit the handler until their
+        # init function ignores the signals), and instead of Lightning's handlers.
+        self._requeue_on = cluster.requeue_signal(trainer)
+        signals.keep_only([*self.signals, *([self._requeue_on] if self._requeue_on else [])])
+        trainer._signal_connector = _NoLightningSignalHandlers(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Here, not at load time: anything that draws between loading and the first step
         # (building the model, the loaders) then does not shift the restored streams.
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
-        self._requeue_on = cluster.requeue_signal(trainer)
-        self._install_handlers()
+        # A signal that came while the run started (or during the step-0 evaluations,
+        # which then stopped early): save before the first step.
+        self._preempt_if_signalled(trainer, pl_module)
 
     # --- preemption ---------------------------------------------------------------------
-
-    def _install_handlers(self) -> None:
-        signals = [*self.signals, *([self._requeue_on] if self._requeue_on not in (None, *self.signals) else [])]
-        try:
-            for signum in signals:
-                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
-        except ValueError:  # not the main thread: no handlers, the default actions stay
-            self._previous_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag: saving inside a signal handler would write a half-done step.
-        self._received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop.epoch_loop._should_accumulate():
             return  # mid gradient accumulation: not a step boundary
+        self._preempt_if_signalled(trainer, pl_module)
+
+    def _preempt_if_signalled(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.preempted_at is not None:
+            return
+        received = signals.pending()
         # [a signal arrived, the requeue signal arrived]
-        received = torch.tensor([self._received is not None,
-                                 self._received is not None and self._received == self._requeue_on], dtype=torch.int32)
+        flags = torch.tensor([received is not None, signals.received(self._requeue_on)], dtype=torch.int32)
         if collectives.is_distributed():
             # Every rank stops at the same step, even if the signal reached only one.
-            received = collectives.all_reduce_sum(received.to(pl_module.device)).cpu()
-        if int(received[0]) == 0:
+            flags = collectives.all_reduce_sum(flags.to(pl_module.device)).cpu()
+        if int(flags[0]) == 0:
             return
         step = trainer.global_step
         path = self._last_path(trainer)
@@ -174,9 +178,9 @@ class ResumeState(L.Callback):
         trainer.should_stop = True
         self.preempted_at = step
         if trainer.is_global_zero:
-            name = signal.Signals(self._received).name if self._received else "a signal on another process"
+            name = signal.Signals(received).name if received else "a signal on another process"
             message = f"preempted ({name}) at step {step}: saved {path}"
-            if int(received[1]):
+            if int(flags[1]):
                 message += f"\n{cluster.requeue_slurm_job()} (it continues with resume=auto in the same hydra.run.dir)"
             elif self.resume_command:
                 message += f"\nResume with:\n  {self.resume_command}"
@@ -189,12 +193,18 @@ class ResumeState(L.Callback):
         name = getattr(checkpoint, "CHECKPOINT_NAME_LAST", "last") + getattr(checkpoint, "FILE_EXTENSION", ".ckpt")
         return Path(directory) / name
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for signum, previous in self._previous_handlers.items():
-            if signal.getsignal(signum) == self._on_signal:  # Lightning may have restored its own already
-                signal.signal(signum, previous)
-        self._previous_handlers.clear()
-
 
 def was_preempted(trainer: L.Trainer) -> bool:
     return any(isinstance(cb, ResumeState) and cb.preempted_at is not None for cb in trainer.callbacks)
+
+
+class _NoLightningSignalHandlers(_SignalConnector):
+    """Lightning's signal connector without its handlers: its SIGTERM handler would make
+    the loop raise at the next batch without saving (and, in a forked data worker, signal
+    the other ranks), its SLURM one would save from inside the handler, mid-step."""
+
+    def register_signal_handlers(self) -> None:
+        self.received_sigterm = False
+
+    def teardown(self) -> None:
+        pass

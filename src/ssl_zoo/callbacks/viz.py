@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ssl_zoo.callbacks.checks import check_arg
+from ssl_zoo.callbacks.isolation import own_random_streams, stop_requested
 from ssl_zoo.data.datamodule import knn_data
 from ssl_zoo.eval.visualize import denormalize, draw_rows, pictures
 from ssl_zoo.parallel.fsdp import gathered
@@ -65,8 +66,12 @@ class Visualizer(L.Callback):
         """Every process runs the forward (a sharded backbone needs all of them); the
         global-zero process writes and logs the picture."""
         step = trainer.global_step
-        if step == self._last_step:
+        if step == self._last_step or stop_requested(pl_module.device):  # preemption: no time for pictures
             return None
+        with own_random_streams(pl_module.device):
+            return self._draw(trainer, pl_module, step)
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> Path | None:
         images = self._fixed_images(trainer)
         if images is None:
             rank_zero_info("viz: skipped, the data has no labeled kNN query split to take images from")

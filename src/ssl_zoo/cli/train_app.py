@@ -12,11 +12,18 @@ import os
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from ssl_zoo import signals
 
-from ssl_zoo.config import CONFIG_DIR
+# First, before the slow imports: a stop signal from now on is kept, and the run saves at
+# its first safe point (ssl_zoo/signals.py). Also in each extra DDP process, which runs
+# this file as a script.
+signals.hold()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ssl_zoo.config import CONFIG_DIR  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

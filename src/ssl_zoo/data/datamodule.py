@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from ssl_zoo.data.sampling import EpochSampler, SeededBatches, already_collated, batches_per_epoch
 from ssl_zoo.datasets.images import DataError, bad_image_report
 from ssl_zoo.parallel import collectives
+from ssl_zoo.signals import WorkerInit
 
 DatasetFactory = Callable[..., Dataset]
 
@@ -174,7 +175,7 @@ class SSLDataModule(L.LightningDataModule):
     def has_knn(self) -> bool:
         return self.knn_train_factory is not None
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool, rank: int, **kwargs: Any) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -182,6 +183,9 @@ class SSLDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=train and self.num_workers > 0,
+            # Workers ignore the stop signals a cluster sends to the whole process group:
+            # the main process saves and stops (ssl_zoo/signals.py).
+            worker_init_fn=WorkerInit(rank),
             **kwargs,
         )
 
@@ -192,7 +196,7 @@ class SSLDataModule(L.LightningDataModule):
         if isinstance(self.train_set, IterableDataset):
             if hasattr(self.train_set, "configure"):
                 self.train_set.configure(self.batch_size, self.num_workers, rank=rank, world_size=world)
-            return self._loader(self.train_set, self.batch_size, train=True, collate_fn=self.collate)
+            return self._loader(self.train_set, self.batch_size, train=True, rank=rank, collate_fn=self.collate)
         sampler = EpochSampler(len(self.train_set), self.seed, rank=rank, world_size=world,
                                epoch=self.resume_epoch, start=self.resume_samples)
         self.resume_samples = 0  # a reloaded loader starts its epoch from the beginning
@@ -200,6 +204,7 @@ class SSLDataModule(L.LightningDataModule):
             SeededBatches(self.train_set, self.collate),
             self.batch_size,
             train=True,
+            rank=rank,
             sampler=sampler,
             collate_fn=already_collated,
             # The workers' base seed comes from this generator, not from the global one:
@@ -235,7 +240,10 @@ class SSLDataModule(L.LightningDataModule):
             share = -(-len(dataset) // world)
             subset = torch.utils.data.Subset(dataset, indices + indices[-1:] * (share - len(indices)))
             subset.num_real = len(indices)
-            shards.append(self._loader(subset, self.knn_batch_size, train=False))
+            # Evaluation has its own random stream: creating the loader's iterator draws its
+            # workers' base seed from this generator, not from the global one training uses.
+            shards.append(self._loader(subset, self.knn_batch_size, train=False, rank=collectives.rank(),
+                                       generator=torch.Generator().manual_seed(self.seed)))
         return shards[0], shards[1]
 
     def num_classes(self) -> int:

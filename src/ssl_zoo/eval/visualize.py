@@ -146,13 +146,16 @@ def denormalize(images: torch.Tensor, mean, std) -> np.ndarray:
 def pictures(backbone, images: torch.Tensor, attention: bool = True, threshold: float = 0.0) -> dict[str, Any]:
     """{"attention": (B, heads, h, w) or None, "pca": (B, h, w, 3), "foreground"} for a
     batch of eval-transformed images (PCA over all of them together)."""
-    was_training = backbone.training
+    # Each module's own mode back afterwards, not one flag for all: a DINO teacher is in
+    # eval mode with its BatchNorm in training mode (ssl_zoo.models.ema.set_teacher_mode).
+    modes = [(m, m.training) for m in backbone.modules()]
     backbone.eval()
     try:
         heads = cls_attention_maps(backbone, images) if attention else None
         rgb, foreground = pca_maps(patch_feature_maps(backbone, images), threshold)
     finally:
-        backbone.train(was_training)
+        for module, training in modes:
+            module.training = training
     return {"attention": heads, "pca": rgb, "foreground": foreground}
 
 
