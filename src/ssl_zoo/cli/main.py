@@ -92,6 +92,18 @@ def _data(argv: list[str]) -> int:
     return 0
 
 
+# Hydra flags after which `ssl-zoo train` does not compose the one train config the
+# overrides apply to: multirun sweeps (a=x,y), help, another config. Hydra reports those.
+_OTHER_COMPOSITION = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "--shell-completion",
+                      "-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun")
+
+
+def _composes_the_train_config(args: list[str]) -> bool:
+    """Whether the overrides can be checked up front by composing the train config
+    (one line for an unknown key or option instead of Hydra's multi-line report)."""
+    return not any(a.split("=", 1)[0] in _OTHER_COMPOSITION for a in args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args[:1]:
@@ -104,13 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         from ssl_zoo.cli import train_app
-        from ssl_zoo.config import check_moved_keys
+        from ssl_zoo.config import check_moved_keys, check_overrides
         from ssl_zoo.errors import ConfigError
 
         try:
-            check_moved_keys(rest)
+            if _composes_the_train_config(rest):
+                # Overrides are key=value or ~key; flags (--cfg job, -p pkg) are Hydra's.
+                check_overrides([a for a in rest if not a.startswith("-") and ("=" in a or a.startswith("~"))])
+            else:
+                check_moved_keys(rest)
         except ConfigError as err:
-            print(f"ssl-zoo train: {err}", file=sys.stderr)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"ssl-zoo train: error: {err}", file=sys.stderr)
             return 2
 
         # Lightning's DDP launcher re-runs `python <sys.argv[0]> <overrides>` per extra
