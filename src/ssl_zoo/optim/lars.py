@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ssl_zoo.errors import ConfigError
+
 TRUST_RATIOS = ("byol", "lars_paper")
 
 
@@ -58,7 +60,7 @@ class LARS(torch.optim.Optimizer):
             ("trust_ratio", trust_ratio, trust_ratio in TRUST_RATIOS, f"one of {TRUST_RATIOS}"),
         ):
             if not ok:
-                raise ValueError(f"optim.optimizer.{key} must be {expected}, got {value!r}")
+                raise ConfigError(f"optim.optimizer.{key} must be {expected}, got {value!r}")
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
                     "trust_ratio": trust_ratio}
         super().__init__(params, defaults)

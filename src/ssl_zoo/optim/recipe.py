@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.optim.param_groups import (
     build_param_groups,
     clip_grad_norm_per_module,
@@ -90,7 +91,17 @@ class OptimRecipe:
             layer_id=layer_id,
         )
         groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-        return self.optimizer(groups, lr=self.schedule.peak_lr, weight_decay=0.0)
+        try:
+            return self.optimizer(groups, lr=self.schedule.peak_lr, weight_decay=0.0)
+        except UserError:
+            raise
+        except (ValueError, TypeError) as err:
+            # The optimizer's own check of an optim.optimizer value (torch's "Invalid
+            # momentum value", an unknown keyword): built inside trainer.fit, so say which key.
+            target = getattr(self.optimizer, "func", self.optimizer)
+            name = f"{target.__module__}.{target.__qualname__}" if hasattr(target, "__qualname__") else repr(target)
+            message = str(err)
+            raise ConfigError(message if message.startswith("optim.") else f"optim.optimizer ({name}): {message}") from err
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
         """Set every group's lr and weight decay for ``step``; returns the base (lr, wd)."""
