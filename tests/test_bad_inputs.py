@@ -43,6 +43,9 @@ class Case:
     # Stands in for hardware this machine lacks (e.g. a GPU without bf16): (target, value)
     # pairs for monkeypatch.setattr.
     patches: list[tuple[str, object]] = field(default_factory=list)
+    # For a failure after training began: checks what the run kept (checkpoint, files);
+    # None: the error came before the first step and nothing may be written.
+    kept: Callable[[Path], None] | None = None
 
 
 def _images(directory: Path, classes=("a", "b"), per_class=4, corrupt=False) -> None:
@@ -136,6 +139,37 @@ def _setup_vit_dcp_ckpt(tmp: Path) -> None:
     torch.save({"global_step": 2, "ssl_zoo_config": {"method": {"_target_": "ssl_zoo.methods.dino.DINO"},
                                                      "backbone": {"model_name": "vit_tiny_patch16_224"}}},
                directory / "meta.pt")
+
+
+def _setup_vanishing(tmp: Path) -> None:
+    _images(tmp / "vanish", per_class=8)  # 16 images, 4 steps of 4 per epoch
+
+
+def _kept_step(step: int, batch_size: int) -> Callable[[Path], None]:
+    """The run saved last.ckpt at ``step`` (a step boundary it reached) and no summary."""
+
+    def check(run_dir: Path) -> None:
+        checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == step
+        assert checkpoint["ssl_zoo_resume"]["data"]["samples"] == step * batch_size  # where the data continues
+        assert not (run_dir / "summary.json").exists()
+
+    return check
+
+
+def _setup_full_disk_summary(tmp: Path) -> None:
+    # /dev/full: every write to it fails with ENOSPC, as on a full disk.
+    (tmp / "run").mkdir()
+    (tmp / "run" / "summary.json").symlink_to("/dev/full")
+
+
+def _setup_full_disk_metrics(tmp: Path) -> None:
+    (tmp / "run" / "csv" / "version_0").mkdir(parents=True)
+    (tmp / "run" / "csv" / "version_0" / "metrics.csv").symlink_to("/dev/full")
+
+
+def _kept_final_checkpoint(run_dir: Path) -> None:
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 # A pre-Ampere GPU, as torch would report it.
@@ -250,6 +284,24 @@ CASES = {
                                  lambda tmp: (tmp / "half.ckpt").mkdir()),
     "init-from-missing": Case("checkpoint", "backbone.init_from to a missing file",
                               ["backbone.init_from={tmp}/weights.pth"], r"backbone\.init_from.*weights\.pth"),
+    # --- during the run ---------------------------------------------------------------------
+    "root-vanishes": Case("data", "the image folder deleted during the run (a test callback removes it after step 2)",
+                          ["data=imagefolder", "data.root={tmp}/vanish", "trainer.max_steps=6",
+                           "+callbacks.vanish={_target_: tests.faults.RemoveAfterStep, path: '{tmp}/vanish', step: 2}"],
+                          r"^data\.root=.*vanish is gone: it held 16 images when the run started, and .*\.jpg cannot be "
+                          r"read now \(moved, deleted or unmounted during the run\)\. Saved step 2 to .*last\.ckpt; once "
+                          r"that is fixed, add hydra\.run\.dir=.*run resume=auto to the same command$",
+                          _setup_vanishing, kept=_kept_step(2, 4)),
+    "disk-full-summary": Case("environment", "a full disk when the summary is written (summary.json is /dev/full)", [],
+                              r"^cannot write .*summary\.json: No space left on device \(\[Errno 28\]\): free space in "
+                              r".*, or point hydra\.run\.dir elsewhere\. Training finished at step 2; its checkpoint "
+                              r".*last\.ckpt is complete", _setup_full_disk_summary, kept=_kept_final_checkpoint),
+    "disk-full-metrics": Case("environment", "a full disk when the metrics are written (metrics.csv is /dev/full)",
+                              ["logger=csv", "+logger.version=0", "trainer.log_every_n_steps=1"],
+                              r"^a write under .*run failed: No space left on device \(\[Errno 28\]\): free space in "
+                              r".*run, or point hydra\.run\.dir elsewhere\. Saved step 1 to .*last\.ckpt; once that is "
+                              r"fixed, add hydra\.run\.dir=.*run resume=auto to the same command$",
+                              _setup_full_disk_metrics, kept=_kept_step(1, 32)),
     # --- environment ------------------------------------------------------------------------
     "precision-fp16-cpu": Case("environment", "fp16 autocast on a CPU", ["trainer.precision=16-mixed"],
                                r"^trainer\.precision=16-mixed: fp16 autocast does not run on CPUs.*bf16-mixed or 32-true"),
@@ -288,14 +340,17 @@ def _run(case: Case, tmp: Path, monkeypatch) -> str:
 
     overrides = [o.replace("{tmp}", str(tmp)) for o in case.overrides]
     run_dir = tmp / "run"
-    run_dir.mkdir()
+    run_dir.mkdir(exist_ok=True)
     with pytest.raises(UserError) as info:
         given = {".".join(o.split("=", 1)[0].split(".")[:2]) for o in overrides}  # e.g. callbacks.knn
         quiet = [q for q in QUIET if not (q == "~logger" and any(o.startswith("logger=") for o in overrides))
                  and q.split("=", 1)[0] not in given]
         train(compose_config([*_base(overrides), *quiet, "trainer.max_steps=2", *overrides], run_dir), run_dir)
-    # Nothing was trained or written over: the error came before the first step.
-    assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+    if case.kept is None:
+        # Nothing was trained or written over: the error came before the first step.
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
+    else:
+        case.kept(run_dir)
     return str(info.value)
 
 
@@ -311,8 +366,8 @@ def test_bad_input_gets_one_clear_message(name, tmp_path, monkeypatch):
     assert "Traceback" not in message and len(message) < 700
 
 
-def test_catalog_has_at_least_25_inputs_across_all_areas():
-    assert len(CASES) >= 25
+def test_catalog_has_at_least_45_inputs_across_all_areas():
+    assert len(CASES) >= 45
     assert {c.area for c in CASES.values()} == {"config", "data", "checkpoint", "environment"}
 
 

@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
-from ssl_zoo import signals
+from ssl_zoo import run_failure, signals
 from ssl_zoo.callbacks.protocol import RunContext, configure_run, merge_reports
 from ssl_zoo.callbacks.resume import ResumeState
 from ssl_zoo.console import say
@@ -354,7 +354,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     parts["method"].run_config = run_config_container(cfg)
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(parts["method"].run_config)
-    trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=ckpt_path)
+    except (UserError, OSError) as err:
+        if not (isinstance(err, UserError) or run_failure.is_no_space(err)) or trainer.global_step == 0:
+            raise  # before the first step nothing is lost: the error as it is
+        raise _stopped(err, trainer, parts["callbacks"], run_dir) from err
 
     checkpoint = trainer.checkpoint_callback
     ckpt = None
@@ -379,9 +384,28 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # is off keep their defaults, so the file has one layout.
     summary = merge_reports(run_facts, parts["callbacks"])
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        path = run_dir / "summary.json"
+        try:
+            path.write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as err:
+            if not run_failure.is_no_space(err):
+                raise
+            raise run_failure.DiskFullError(
+                f"{run_failure.disk_full(err, path=str(path))}. Training finished at step {summary['steps']}; "
+                f"its checkpoint {summary['checkpoint']} is complete (summary.json is the run's report only)"
+            ) from err
         print_summary(summary)
     return summary
+
+
+def _stopped(err: BaseException, trainer: L.Trainer, callbacks: list, run_dir: Path) -> UserError:
+    """The one-line error of a run that failed after training began: the cause and what was kept."""
+    saved = next((cb.saved_on_error for cb in callbacks if isinstance(cb, ResumeState) and cb.saved_on_error), None)
+    checkpoint = trainer.checkpoint_callback
+    newest = getattr(checkpoint, "last_model_path", None) or None
+    if newest and not os.path.exists(newest):
+        newest = None
+    return run_failure.stopped(err, saved, newest, run_dir)
 
 
 def resume_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str | None:

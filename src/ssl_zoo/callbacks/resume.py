@@ -24,6 +24,7 @@ after the checkpoint, rank 0 requeues the job (``ssl_zoo.parallel.cluster``).
 
 from __future__ import annotations
 
+import copy
 import random
 import signal
 from pathlib import Path
@@ -35,10 +36,11 @@ import torch
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from torch.utils.data import IterableDataset
 
-from ssl_zoo import signals
+from ssl_zoo import run_failure, signals
 from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.callbacks.protocol import RunContext
 from ssl_zoo.console import say
+from ssl_zoo.errors import UserError, one_line
 from ssl_zoo.parallel import cluster, collectives
 
 STATE_KEY = "ssl_zoo_resume"
@@ -96,6 +98,11 @@ class ResumeState(L.Callback):
         self.preempted_at: int | None = None  # the step saved on preemption
         self._requeue_on: signal.Signals | None = None  # SLURM auto-requeue's signal, if any
         self._rng_to_restore: dict[str, Any] | None = None
+        # The state at the last step boundary (loops, epoch, data position, RNG): what a save
+        # after it holds, also when the save comes later (see on_save_checkpoint).
+        self._boundary: dict[str, Any] | None = None
+        self._saved_step: int | None = None  # the step of this run's newest save
+        self.saved_on_error: tuple[int, str] | None = None  # (step, path) saved when the run failed
 
     def configure_run(self, context: RunContext) -> None:
         self.resume_command = context.resume_command
@@ -106,7 +113,28 @@ class ResumeState(L.Callback):
     # --- checkpoint contents ------------------------------------------------------------
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[STATE_KEY] = {"rng": rng_state(), "data": data_position(trainer)}
+        self._saved_step = trainer.global_step
+        boundary = self._current_boundary(trainer)
+        if boundary is None:
+            checkpoint[STATE_KEY] = {"rng": rng_state(), "data": data_position(trainer)}
+            return
+        # A save after the last step boundary with no batch started since: the end of a run
+        # at trainer.max_steps (Lightning has then closed the epoch, as if it were complete,
+        # and a longer run would skip its rest), or a save on a failure between steps. It
+        # holds the boundary's state, so it resumes like a save at the boundary: in the same
+        # epoch, at the next sample.
+        checkpoint["loops"]["fit_loop"] = copy.deepcopy(boundary["fit_loop"])
+        checkpoint["epoch"] = boundary["epoch"]
+        checkpoint[STATE_KEY] = {"rng": boundary["rng"], "data": boundary["data"]}
+
+    def _current_boundary(self, trainer: L.Trainer) -> dict[str, Any] | None:
+        """The state of the last step boundary if nothing ran since (no new batch, no step)."""
+        boundary = self._boundary
+        if boundary is None or trainer.global_step != boundary["step"]:
+            return None
+        if trainer.fit_loop.epoch_loop.batch_progress.total.ready != boundary["batches"]:
+            return None
+        return boundary
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(STATE_KEY)
@@ -152,12 +180,50 @@ class ResumeState(L.Callback):
         # which then stopped early): save before the first step.
         self._preempt_if_signalled(trainer, pl_module)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # ModelCheckpoint writes last.ckpt at the end only if it wrote none before: a run whose
+        # trainer.max_steps is not a multiple of every_n_train_steps would end with a last.ckpt
+        # of an earlier step. The end of the run is a checkpoint like any other.
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or not getattr(checkpoint, "save_last", False) or self.preempted_at is not None:
+            return
+        if checkpoint.last_model_path and self._saved_step != trainer.global_step:
+            path = self._last_path(trainer)
+            trainer.save_checkpoint(path)
+            checkpoint.last_model_path = str(path)
+
     # --- preemption ---------------------------------------------------------------------
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop.epoch_loop._should_accumulate():
             return  # mid gradient accumulation: not a step boundary
         self._preempt_if_signalled(trainer, pl_module)
+        self._boundary = {
+            "step": trainer.global_step, "batches": trainer.fit_loop.epoch_loop.batch_progress.total.ready,
+            "fit_loop": copy.deepcopy(trainer.fit_loop.state_dict()), "epoch": trainer.current_epoch,
+            "data": data_position(trainer), "rng": rng_state(),
+        }  # fmt: skip
+
+    # --- a failure during training ------------------------------------------------------
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Save ``last.ckpt`` at the last step boundary when training stops on a mistake
+        the user can fix (the data went away, a disk filled up): they continue from it.
+        Only under one process (a save is collective, the other ranks may not be here)
+        and only after a step boundary this run reached."""
+        if not (isinstance(exception, UserError) or run_failure.is_no_space(exception)):
+            return
+        if trainer.world_size > 1 or not trainer.training or self._current_boundary(trainer) is None:
+            return  # several processes, or inside a step: not a boundary to save
+        path = self._last_path(trainer)
+        try:
+            trainer.save_checkpoint(path)
+        except Exception as err:  # noqa: BLE001 - e.g. the same full disk: the error says what was kept
+            say("could not save a checkpoint after the failure: %s", one_line(err))
+            return
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.last_model_path = str(path)
+        self.saved_on_error = (trainer.global_step, str(path))
 
     def _preempt_if_signalled(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.preempted_at is not None:

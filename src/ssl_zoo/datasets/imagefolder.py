@@ -193,6 +193,13 @@ class ImageFolder(Dataset):
             try:
                 image = load_image(path, reduction=reduction)
             except BadImageError as err:
+                if not os.path.isdir(self.root):
+                    # Not a bad file: the whole tree went away (moved, deleted, unmounted).
+                    # Substituting other images of it would only fail 50 times over.
+                    raise DataError(
+                        f"{self.config_key}={self.root} is gone: it held {len(self)} images when the run "
+                        f"started, and {path} cannot be read now (moved, deleted or unmounted during the run)"
+                    ) from None
                 if self.on_bad_image == "raise":
                     raise BadImageError(err.path, f"{err.reason} (data.on_bad_image=raise)") from None
                 self.bad_log.record(err.path, err.reason)
