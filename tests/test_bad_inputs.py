@@ -1,9 +1,10 @@
 """The catalog of bad inputs (docs/reliability.md): each one stops the run before any work
 is lost, with one message that says what is wrong, where, and what to do.
 
-Every case goes through the real config composition and ``train()`` (what `ssl-zoo train`
-runs; the CLI prints a UserError's message alone, tested at the end). The docs table is
-rendered from the messages these cases really produce:
+Every case runs `ssl-zoo train <overrides>` (the CLI's entry point, in this process so that
+a case can stand in for hardware this machine lacks) and checks its exit status, its one
+line on stderr and what it left in the run directory. The docs table is rendered from the
+messages these cases really produce:
 ``SSL_ZOO_UPDATE_DOCS=1 pytest tests/test_bad_inputs.py`` rewrites it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_zoo.errors import UserError
-from ssl_zoo.train import train
+import ssl_zoo.train  # noqa: F401  (Lightning binds its console handler to sys.stderr on import: not to one test's capture)
 from tests.conftest import REPO_ROOT, TINY_DATA, TINY_VIT, run_cli
 
 # One xdist worker runs the whole catalog, so the docs test reuses the cases' messages.
 pytestmark = pytest.mark.xdist_group("bad_inputs")
 
+PREFIX = "ssl-zoo train: error: "
 QUIET = ["~logger", "callbacks.progress=null", "callbacks.knn=null", "callbacks.curve=null"]
 DOC = REPO_ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- catalog:begin -->", "<!-- catalog:end -->"
@@ -329,38 +331,62 @@ def _base(overrides: list[str]) -> list[str]:
     return [o for o in base if o.split("=", 1)[0] not in given]
 
 
-def _run(case: Case, tmp: Path, monkeypatch) -> str:
+def _cli_train(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`ssl-zoo train <args>` in this process (so that the cases' patches apply): its exit
+    status and stderr."""
+    from ssl_zoo.cli.main import main
+
+    # The CLI points sys.argv (and __main__'s spec) at the Hydra app for DDP re-launches.
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", getattr(sys.modules["__main__"], "__spec__", None),
+                        raising=False)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    # Hydra's logging setup (logging.config.dictConfig) would close every log handler of
+    # this process, pytest's included: in here the run keeps the process's logging.
+    for module in ("hydra.core.utils", "hydra._internal.hydra"):
+        monkeypatch.setattr(f"{module}.configure_log", lambda *_, **__: None)
+    capsys.readouterr()
+    try:
+        status = main(["train", *args])
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+def _run(case: Case, tmp: Path, monkeypatch, capsys) -> str:
     if case.setup is not None:
         case.setup(tmp)
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
     for target, value in case.patches:
         monkeypatch.setattr(target, value)
-    from ssl_zoo.config import compose_config
 
     overrides = [o.replace("{tmp}", str(tmp)) for o in case.overrides]
     run_dir = tmp / "run"
-    run_dir.mkdir(exist_ok=True)
-    with pytest.raises(UserError) as info:
-        given = {".".join(o.split("=", 1)[0].split(".")[:2]) for o in overrides}  # e.g. callbacks.knn
-        quiet = [q for q in QUIET if not (q == "~logger" and any(o.startswith("logger=") for o in overrides))
-                 and q.split("=", 1)[0] not in given]
-        train(compose_config([*_base(overrides), *quiet, "trainer.max_steps=2", *overrides], run_dir), run_dir)
+    given = {".".join(o.split("=", 1)[0].split(".")[:2]) for o in overrides}  # e.g. callbacks.knn
+    quiet = [q for q in QUIET if not (q == "~logger" and any(o.startswith("logger=") for o in overrides))
+             and q.split("=", 1)[0] not in given]
+    status, stderr = _cli_train([*_base(overrides), *quiet, "trainer.max_steps=2", *overrides, f"hydra.run.dir={run_dir}"],
+                                monkeypatch, capsys)
+    # 2: the overrides do not compose (unknown key or option); 1: the run refused or stopped.
+    assert status in (1, 2), f"status {status}\n{stderr[-3000:]}"
+    errors = [line for line in stderr.splitlines() if line.startswith(PREFIX)]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
     if case.kept is None:
         # Nothing was trained or written over: the error came before the first step.
         assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists()
     else:
         case.kept(run_dir)
-    return str(info.value)
+    return errors[0].removeprefix(PREFIX)
 
 
 MESSAGES: dict[str, str] = {}  # case -> message with <dir> for its directory (reused by the docs test)
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_gets_one_clear_message(name, tmp_path, monkeypatch):
+def test_bad_input_gets_one_clear_message(name, tmp_path, monkeypatch, capsys):
     case = CASES[name]
-    message = _run(case, tmp_path, monkeypatch)
+    message = _run(case, tmp_path, monkeypatch, capsys)
     MESSAGES[name] = message.replace(str(tmp_path), "<dir>")
     assert re.search(case.expected, message, re.S), message
     assert "Traceback" not in message and len(message) < 700
@@ -371,12 +397,13 @@ def test_catalog_has_at_least_45_inputs_across_all_areas():
     assert {c.area for c in CASES.values()} == {"config", "data", "checkpoint", "environment"}
 
 
-def test_docs_list_the_catalog_with_each_message(tmp_path_factory, monkeypatch):
+def test_docs_list_the_catalog_with_each_message(tmp_path_factory, monkeypatch, capsys):
     rows = []
     for name, case in CASES.items():
         if name not in MESSAGES:  # this worker did not run that case yet
             tmp = tmp_path_factory.mktemp(name)
-            MESSAGES[name] = _run(case, tmp, monkeypatch).replace(str(tmp), "<dir>")
+            with pytest.MonkeyPatch.context() as patch:  # each case its own patches
+                MESSAGES[name] = _run(case, tmp, patch, capsys).replace(str(tmp), "<dir>")
         message = MESSAGES[name]
         inputs = " ".join(o.replace("{tmp}", "<dir>") for o in case.overrides)
         rows.append(f"| {case.area} | {case.what} | `{inputs}` | {message.replace('|', '/')} |")
