@@ -18,3 +18,19 @@ class RemoveAfterStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             shutil.rmtree(self.path)
+
+
+class PoisonAfterStep(L.Callback):
+    """Writes NaN into one parameter after optimizer step ``step``, on process ``rank``
+    only (under FSDP2, into its local shard): weights that went non-finite on one process."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            import torch
+
+            local = (p.to_local() if hasattr(p, "to_local") else p for p in pl_module.parameters() if p.requires_grad)
+            with torch.no_grad():
+                next(t for t in local if t.numel() > 0).fill_(float("nan"))  # a shard can be empty

@@ -90,3 +90,25 @@ def test_a_files_optimizer_state_is_named_by_the_groups_order_not_the_modules():
     for name, state in named["state"].items():
         assert torch.equal(state["exp_avg"], optimizer.state[parameters[name]]["exp_avg"]), name
     assert named["param_groups"][0]["params"] == [n for n, p in parameters.items() if p.ndim == 1]
+
+
+def test_a_sharded_save_refuses_non_finite_weights_on_every_process(tmp_path):
+    """NaN in one shard of process 1 only: both processes refuse the save together (no
+    process enters the collective save alone), and the run ends with the refusal's line."""
+    import os
+
+    from tests.conftest import REPO_ROOT
+
+    run_dir = tmp_path / "nan"
+    poison = "+callbacks.poison={_target_: tests.faults.PoisonAfterStep, step: 1, rank: 1}"
+    args = [*TINY_DATA, *TINY_VIT, *TINY_HEAD, "callbacks.knn=null", "callbacks.viz=null", "callbacks.curve=null",
+            "callbacks.checkpoint.every_n_train_steps=1", poison]
+    # The DDP launcher starts process 1 as a script: tests.faults must be importable there too.
+    path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    result = run_cli(["train", "trainer=fsdp_cpu", "trainer.max_steps=3", *args, f"hydra.run.dir={run_dir}"],
+                     env={"PYTHONPATH": path})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "step0000001.ckpt not written: 1 model tensors hold NaN/Inf (e.g. student." in result.stderr, \
+        result.stderr[-3000:]
+    assert not (run_dir / "checkpoints" / "step0000001.ckpt" / ".metadata").exists()

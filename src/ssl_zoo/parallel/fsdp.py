@@ -110,6 +110,24 @@ class FSDP2Strategy(ModelParallelStrategy):
             set_optimizer_state_dict(self.model, optimizer, named, options=StateDictOptions(full_state_dict=True))
         return checkpoint
 
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Lightning's save (shards, or one file gathered on rank 0), refusing non-finite
+        weights as the file saves do (weights/atomic.py): each process checks the tensors
+        it holds (its shards; the whole gathered model on rank 0, nothing elsewhere) and all
+        agree, so every process raises together instead of some entering the collective save."""
+        from ssl_zoo.weights.atomic import non_finite_refusal, non_finite_tensors
+
+        local = {name: value.to_local() if hasattr(value, "to_local") else value
+                 for name, value in checkpoint.get("state_dict", {}).items()}
+        bad = non_finite_tensors(local)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            every = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(every, bad)
+            bad = sorted(set().union(*every))  # a tensor whose shards are bad on several ranks: once
+        if bad:
+            raise non_finite_refusal(filepath, len(bad), bad[0])
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
     def fully_shard_kwargs(self) -> dict[str, Any]:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 

@@ -41,6 +41,15 @@ def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
     ]
 
 
+def non_finite_refusal(path: str | Path, count: int, example: str) -> CheckpointSaveError:
+    """The error of every save path (file or FSDP2 shards) that meets NaN/Inf weights."""
+    return CheckpointSaveError(
+        f"checkpoint {path} not written: {count} model tensors hold NaN/Inf (e.g. {example}); "
+        "the last finite checkpoint is kept. Likely causes: too high optim.schedule.base_lr, "
+        "trainer.precision (try 32-true), or a teacher temperature too low"
+    )
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)`` that leaves either the old file or the complete new one."""
     path = Path(path)
@@ -74,11 +83,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options}")
         bad = non_finite_tensors(checkpoint.get("state_dict", {}))
         if bad:
-            raise CheckpointSaveError(
-                f"checkpoint {path} not written: {len(bad)} model tensors hold NaN/Inf (e.g. {bad[0]}); "
-                "the last finite checkpoint is kept. Likely causes: too high optim.schedule.base_lr, "
-                "trainer.precision (try 32-true), or a teacher temperature too low"
-            )
+            raise non_finite_refusal(path, len(bad), bad[0])
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
