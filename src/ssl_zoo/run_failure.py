@@ -21,6 +21,15 @@ def is_no_space(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in NO_SPACE
 
 
+def is_mid_run_failure(err: BaseException) -> bool:
+    """A failure of the world around a run that was going well (its data went away, a disk
+    filled up): worth saving the run at its last step boundary, to continue once fixed.
+    Not a diverging run or a refused checkpoint: those say themselves what was kept."""
+    from ssl_zoo.datasets.images import DataError
+
+    return isinstance(err, DataError) or is_no_space(err)
+
+
 def disk_full(err: OSError, path: str | None = None, run_dir: Path | None = None) -> DiskFullError:
     """``err`` (ENOSPC, EDQUOT, EFBIG) as one line naming the file (or, when the writer did
     not say which, the run directory) and where to free space."""
@@ -43,5 +52,8 @@ def stopped(err: BaseException, saved: tuple[int, str] | None, newest: str | Non
         kept = f"The newest checkpoint is {newest}; {resume}"
     else:
         kept = "No checkpoint was written"
-    message = f"{one_line(cause).rstrip('.')}. {kept}"
-    return DiskFullError(message) if isinstance(cause, DiskFullError) else UserError(message)
+    # The same error class, so that callers can still tell a DataError from others.
+    stopped_err = type(cause).__new__(type(cause))
+    stopped_err.__dict__.update(vars(cause))
+    stopped_err.args = (f"{one_line(cause).rstrip('.')}. {kept}",)
+    return stopped_err

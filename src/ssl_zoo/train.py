@@ -357,8 +357,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         trainer.fit(parts["method"], datamodule=datamodule, ckpt_path=ckpt_path)
     except (UserError, OSError) as err:
-        if not (isinstance(err, UserError) or run_failure.is_no_space(err)) or trainer.global_step == 0:
-            raise  # before the first step nothing is lost: the error as it is
+        if not run_failure.is_mid_run_failure(err) or trainer.global_step == 0:
+            raise  # before the first step nothing is lost; other errors say what was kept
         raise _stopped(err, trainer, parts["callbacks"], run_dir) from err
 
     checkpoint = trainer.checkpoint_callback
@@ -499,6 +499,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary["checkpoint"] and summary["preempted_at_step"] is None:  # preempted: the command was printed
         console.print(
             "Resume (or train longer) with:\n"
-            f"  ssl-zoo train <same overrides> ckpt_path={summary['checkpoint']} trainer.max_epochs=<more>",
+            f"  ssl-zoo train <same overrides> ckpt_path={summary['checkpoint']} trainer.max_steps=<more> "
+            "(or trainer.max_epochs=<more>)",
             soft_wrap=True,  # one line per command, so it copies whole
         )

@@ -40,7 +40,7 @@ from ssl_zoo import run_failure, signals
 from ssl_zoo.callbacks.checks import check_arg
 from ssl_zoo.callbacks.protocol import RunContext
 from ssl_zoo.console import say
-from ssl_zoo.errors import UserError, one_line
+from ssl_zoo.errors import one_line
 from ssl_zoo.parallel import cluster, collectives
 
 STATE_KEY = "ssl_zoo_resume"
@@ -207,11 +207,11 @@ class ResumeState(L.Callback):
     # --- a failure during training ------------------------------------------------------
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        """Save ``last.ckpt`` at the last step boundary when training stops on a mistake
+        """Save ``last.ckpt`` at the last step boundary when training stops on a failure
         the user can fix (the data went away, a disk filled up): they continue from it.
         Only under one process (a save is collective, the other ranks may not be here)
         and only after a step boundary this run reached."""
-        if not (isinstance(exception, UserError) or run_failure.is_no_space(exception)):
+        if not run_failure.is_mid_run_failure(exception):
             return
         if trainer.world_size > 1 or not trainer.training or self._current_boundary(trainer) is None:
             return  # several processes, or inside a step: not a boundary to save
