@@ -114,18 +114,19 @@ class FSDP2Strategy(ModelParallelStrategy):
         """Lightning's save (shards, or one file gathered on rank 0), refusing non-finite
         weights as the file saves do (weights/atomic.py): each process checks the tensors
         it holds (its shards; the whole gathered model on rank 0, nothing elsewhere) and all
-        agree, so every process raises together instead of some entering the collective save."""
-        from ssl_zoo.weights.atomic import non_finite_refusal, non_finite_tensors
-
+        agree, so every process raises together instead of some entering the collective save.
+        The check is the trainer's CheckpointIO's (ssl_zoo's AtomicCheckpointIO), so this
+        room needs no import from ssl_zoo.weights."""
+        checker = getattr(self.checkpoint_io, "non_finite_tensors", None)
         local = {name: value.to_local() if hasattr(value, "to_local") else value
                  for name, value in checkpoint.get("state_dict", {}).items()}
-        bad = non_finite_tensors(local)
+        bad = checker(local) if checker is not None else []
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             every = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(every, bad)
             bad = sorted(set().union(*every))  # a tensor whose shards are bad on several ranks: once
         if bad:
-            raise non_finite_refusal(filepath, len(bad), bad[0])
+            raise self.checkpoint_io.non_finite_refusal(filepath, len(bad), bad[0])
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def fully_shard_kwargs(self) -> dict[str, Any]:

@@ -76,7 +76,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO: atomic, fsynced writes; refuses non-finite models."""
+    """Lightning CheckpointIO: atomic, fsynced writes; refuses non-finite models. The
+    strategies that save without it (FSDP2's sharded writes) ask it for the same check
+    (``non_finite_tensors`` / ``non_finite_refusal``), so every save path refuses alike."""
+
+    non_finite_tensors = staticmethod(non_finite_tensors)
+    non_finite_refusal = staticmethod(non_finite_refusal)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
